@@ -1,0 +1,45 @@
+import type { WsConnection } from '../connection/ws-connection.js';
+import type { WsConnectionRegistry } from '../connection/ws-connection-registry.js';
+import { isForEveryone, type BroadcastPacket } from './broadcast-packet.interface.js';
+import type { LocalDelivery } from './broadcast-transport.interface.js';
+
+const OPEN = 1;
+
+/**
+ * Delivers packets to this process's connections. The payload is turned into bytes once per
+ * broadcast and the same Buffer goes to every socket; a connection named by several targets
+ * (two rooms, a room and its route) receives the message once.
+ */
+export function createLocalDelivery(registry: WsConnectionRegistry): LocalDelivery {
+  return (packet) => {
+    const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
+    const options = { binary: packet.binary };
+    const except = packet.except?.length ? new Set(packet.except) : undefined;
+    let delivered = 0;
+    for (const conn of recipients(registry, packet)) {
+      if (conn.readyState !== OPEN || except?.has(conn.id)) continue;
+      conn.socket.send(payload, options);
+      delivered++;
+    }
+    return delivered;
+  };
+}
+
+function recipients(registry: WsConnectionRegistry, packet: BroadcastPacket): Iterable<WsConnection> {
+  if (isForEveryone(packet)) return registry;
+  const groups: Iterable<WsConnection>[] = [];
+  for (const route of packet.routes ?? []) groups.push(registry.byRoute(route));
+  for (const room of packet.rooms ?? []) groups.push(registry.inRoom(room));
+  if (packet.connections?.length) {
+    const named: WsConnection[] = [];
+    for (const id of packet.connections) {
+      const conn = registry.get(id);
+      if (conn) named.push(conn);
+    }
+    groups.push(named);
+  }
+  if (groups.length === 1) return groups[0];
+  const union = new Set<WsConnection>();
+  for (const group of groups) for (const conn of group) union.add(conn);
+  return union;
+}

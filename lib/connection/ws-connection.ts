@@ -1,0 +1,193 @@
+import { randomUUID } from 'node:crypto';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import type { WebSocket } from 'ws';
+import { CloseCode } from '../ws-routes.constants.js';
+import { encodeMessage } from './encode-message.js';
+import { truncateCloseReason } from './truncate-utf8.js';
+
+/** Where a connection's room changes are recorded; implemented by `WsConnectionRegistry`. */
+export interface RoomIndex {
+  joinRoom(conn: WsConnection, room: string): void;
+  leaveRoom(conn: WsConnection, room: string): void;
+}
+
+/** Options of {@link WsConnection.send}. */
+export interface WsSendOptions {
+  /** Force the frame type: `true` binary, `false` text. Default: by the value's type. */
+  binary?: boolean;
+}
+
+/** Query-string values; a repeated key gives an array. */
+export type WsQueryParams = Record<string, string | string[]>;
+
+const NO_ROOMS: ReadonlySet<string> = new Set();
+
+/**
+ * One open WebSocket, seen from the server. It mirrors the browser's `WebSocket` (`readyState`,
+ * `protocol`, `bufferedAmount`, `send`, `close(code, reason)`) and adds what a server needs:
+ * the route it came in on, its path parameters, the upgrade request, rooms and a `data` bag.
+ *
+ * @typeParam TData - shape of the per-connection {@link WsConnection.data} bag.
+ */
+export class WsConnection<TData extends object = Record<string, any>> {
+  static readonly CONNECTING = 0;
+  static readonly OPEN = 1;
+  static readonly CLOSING = 2;
+  static readonly CLOSED = 3;
+  get CONNECTING(): 0 {
+    return 0;
+  }
+  get OPEN(): 1 {
+    return 1;
+  }
+  get CLOSING(): 2 {
+    return 2;
+  }
+  get CLOSED(): 3 {
+    return 3;
+  }
+
+  /** Unique id (UUID); broadcast targets and `registry.get(id)` use it. */
+  readonly id: string = randomUUID();
+  /** Close code once closed: what the peer sent, 1005 if none, 1006 if the link dropped. */
+  closeCode: number | undefined = undefined;
+  /** Close reason once closed (`''` if none). */
+  closeReason: string | undefined = undefined;
+
+  /** @internal Set on any sign of life; the heartbeat clears it when it pings. */
+  alive = true;
+  /** @internal Why the server terminated the connection, reported as the close reason. */
+  terminationReason: string | undefined = undefined;
+
+  private joined: Set<string> | undefined = undefined;
+  private data_: TData | undefined = undefined;
+  private parsedQuery: WsQueryParams | undefined = undefined;
+
+  /** @internal Connections are created by the gateway after a successful handshake. */
+  constructor(
+    /** The raw `ws` WebSocket: an escape hatch for what this class does not cover. */
+    readonly socket: WebSocket,
+    /** The HTTP upgrade request. */
+    readonly request: IncomingMessage,
+    /** The `@WsRoute` pattern this connection matched, e.g. `/rooms/:room`. */
+    readonly route: string,
+    /** The request path without the query string, e.g. `/rooms/lobby`. */
+    readonly path: string,
+    /** Path parameters of the route pattern, decoded. */
+    readonly params: Readonly<Record<string, string>>,
+    private readonly rooms_: RoomIndex,
+  ) {}
+
+  /** Per-connection state of the application (the authenticated user, preferences, …). */
+  get data(): TData {
+    return (this.data_ ??= {} as TData);
+  }
+  set data(value: TData) {
+    this.data_ = value;
+  }
+
+  /** Headers of the upgrade request (lower-case names). */
+  get headers(): IncomingHttpHeaders {
+    return this.request.headers;
+  }
+
+  /** Query-string parameters of the upgrade URL, parsed on first use. */
+  get query(): WsQueryParams {
+    if (this.parsedQuery === undefined) {
+      const url = this.request.url ?? '';
+      const at = url.indexOf('?');
+      this.parsedQuery = at === -1 ? {} : parseQuery(url.slice(at + 1));
+    }
+    return this.parsedQuery;
+  }
+
+  /** The peer's IP address as the TCP socket sees it. */
+  get remoteAddress(): string {
+    return this.request.socket.remoteAddress ?? '';
+  }
+
+  /** The negotiated subprotocol, or `''`. */
+  get protocol(): string {
+    return this.socket.protocol;
+  }
+
+  /** `CONNECTING` (0), `OPEN` (1), `CLOSING` (2) or `CLOSED` (3), as in the browser. */
+  get readyState(): number {
+    return this.socket.readyState;
+  }
+
+  /** Bytes queued for this connection that the kernel has not accepted yet. */
+  get bufferedAmount(): number {
+    return this.socket.bufferedAmount;
+  }
+
+  /** Rooms this connection has joined. */
+  get rooms(): ReadonlySet<string> {
+    return this.joined ?? NO_ROOMS;
+  }
+
+  /** Joins one or more rooms; `BroadcastService.to(room)` reaches every member. */
+  join(...rooms: string[]): void {
+    if (this.readyState >= WsConnection.CLOSING) return;
+    for (const room of rooms) {
+      this.joined ??= new Set();
+      if (this.joined.has(room)) continue;
+      this.joined.add(room);
+      this.rooms_.joinRoom(this, room);
+    }
+  }
+
+  /** Leaves one or more rooms; without arguments, leaves every room. */
+  leave(...rooms: string[]): void {
+    if (!this.joined) return;
+    for (const room of rooms.length ? rooms : [...this.joined]) {
+      if (this.joined.delete(room)) this.rooms_.leaveRoom(this, room);
+    }
+  }
+
+  /**
+   * Sends one message: a string as text, bytes as binary, anything else as JSON text.
+   * Returns `false` (and sends nothing) when the connection is not open.
+   */
+  send(message: unknown, options?: WsSendOptions): boolean {
+    if (this.socket.readyState !== WsConnection.OPEN) return false;
+    const { payload, binary } = encodeMessage(message, options?.binary);
+    this.socket.send(payload, { binary });
+    return true;
+  }
+
+  /**
+   * Starts the closing handshake. `code` is 1000 or an application code (3000–4999); a reason
+   * longer than 123 bytes is cut at a character boundary.
+   */
+  close(code: number = CloseCode.Normal, reason = ''): void {
+    if (this.socket.readyState >= WsConnection.CLOSING) return;
+    this.socket.close(code, truncateCloseReason(reason));
+  }
+
+  /** Sends a ping; the answer fires `@OnPong`. */
+  ping(data?: Buffer | string): void {
+    if (this.socket.readyState === WsConnection.OPEN) this.socket.ping(data);
+  }
+
+  /** Drops the TCP connection at once, without a closing handshake (close code 1006). */
+  terminate(reason?: string): void {
+    this.terminationReason ??= reason;
+    this.socket.terminate();
+  }
+
+  toJSON(): object {
+    return { id: this.id, route: this.route, path: this.path, readyState: this.readyState };
+  }
+}
+
+function parseQuery(search: string): WsQueryParams {
+  const query: WsQueryParams = {};
+  for (const [key, value] of new URLSearchParams(search)) {
+    const existing = query[key];
+    if (existing === undefined) query[key] = value;
+    else if (Array.isArray(existing)) existing.push(value);
+    else query[key] = [existing, value];
+  }
+  return query;
+}

@@ -1,0 +1,372 @@
+import { HttpException, Logger } from '@nestjs/common';
+import { ExecutionContextHost } from '@nestjs/core/helpers/execution-context-host.js';
+import { WsException } from '@nestjs/websockets';
+import { isObservable, type Observable, type Subscription } from 'rxjs';
+import type { RawData } from 'ws';
+import { CloseCode, INTERNAL_ERROR_MESSAGE } from '../ws-routes.constants.js';
+import type { WsConnection } from '../connection/ws-connection.js';
+import type { WsConnectionRegistry } from '../connection/ws-connection-registry.js';
+import { truncateCloseReason } from '../connection/truncate-utf8.js';
+import type { BoundHandler, RouteHandlers, WsFilterBinding } from './ws-handler-factory.js';
+import type { WsRoutesExceptionFilter } from './ws-routes-exception-filter.js';
+
+/**
+ * Messages a connection may have waiting while its handler is busy before the server stops
+ * reading from its socket. TCP flow control then holds the client back (its `bufferedAmount`
+ * grows) instead of the server queueing without bound.
+ */
+const MAX_QUEUED_MESSAGES = 1024;
+
+/** Longest event name quoted back in an "unknown event" answer. */
+const MAX_QUOTED_EVENT = 64;
+
+/** Per-connection state of the dispatcher. */
+interface Session {
+  conn: WsConnection;
+  /** A handler of this connection is running; later messages wait in `queue`, in order. */
+  busy: boolean;
+  /** `@OnOpen` threw: nothing else runs for this connection. */
+  failed: boolean;
+  paused: boolean;
+  /** Waiting messages as flat pairs: data, isBinary. */
+  queue: (Buffer | boolean)[] | undefined;
+  subscriptions: Set<Subscription> | undefined;
+  /** Resolves `@OnClose`'s wait for the last queued message. */
+  whenIdle: (() => void) | undefined;
+}
+
+interface Target {
+  handler: BoundHandler;
+  payload: unknown;
+  pattern: string | undefined;
+}
+
+/**
+ * Runs one route's handlers for its connections. Messages of one connection are handled one at
+ * a time, in arrival order, so replies keep the order of the messages that caused them (as in
+ * Tornado and Jakarta WebSocket); different connections never wait for each other.
+ */
+export class RouteDispatcher {
+  private readonly pendingCloses = new Set<Promise<void>>();
+  private readonly acceptsJsonEvents: boolean;
+
+  constructor(
+    private readonly routeName: string,
+    private readonly handlers: RouteHandlers,
+    private readonly registry: WsConnectionRegistry,
+    private readonly defaultFilter: WsRoutesExceptionFilter,
+    private readonly logger: Logger,
+  ) {
+    this.acceptsJsonEvents = handlers.events.size > 0;
+  }
+
+  /** Binds a freshly registered connection to this route's handlers and runs `@OnOpen`. */
+  attach(conn: WsConnection): void {
+    const session: Session = {
+      conn,
+      busy: false,
+      failed: false,
+      paused: false,
+      queue: undefined,
+      subscriptions: undefined,
+      whenIdle: undefined,
+    };
+    const { socket } = conn;
+    socket.on('message', (data: RawData, isBinary: boolean) => this.receive(session, data as Buffer, isBinary));
+    socket.on('close', (code: number, reason: Buffer) => this.onClose(session, code, reason));
+    socket.on('error', (error: Error) => this.onSocketError(session, error));
+    socket.on('pong', (payload: Buffer) => {
+      conn.alive = true;
+      if (this.handlers.pong) this.runHook(this.handlers.pong, conn, payload);
+    });
+    socket.on('ping', (payload: Buffer) => {
+      conn.alive = true;
+      if (this.handlers.ping) this.runHook(this.handlers.ping, conn, payload);
+    });
+    if (this.handlers.open) this.open(session, this.handlers.open);
+  }
+
+  /** Resolves when every `@OnClose` that has started has finished. */
+  async settled(): Promise<void> {
+    while (this.pendingCloses.size) await Promise.allSettled([...this.pendingCloses]);
+  }
+
+  private open(session: Session, handler: BoundHandler): void {
+    const { conn } = session;
+    session.busy = true;
+    handler.invoke(conn, conn.request, undefined).then(
+      (result) => {
+        this.reply(session, handler, result, conn.request, undefined);
+        this.release(session);
+      },
+      (error: unknown) => {
+        session.failed = true;
+        session.queue = undefined;
+        const expected = isClientError(error);
+        if (!expected) {
+          this.logger.error(`${this.routeName}: @OnOpen failed for connection ${conn.id}`, stackOf(error));
+          this.runErrorHook(conn, error);
+        }
+        conn.close(
+          expected ? CloseCode.PolicyViolation : CloseCode.InternalError,
+          expected ? messageOf(error) : INTERNAL_ERROR_MESSAGE,
+        );
+        this.release(session);
+      },
+    );
+  }
+
+  private receive(session: Session, data: Buffer, isBinary: boolean): void {
+    session.conn.alive = true;
+    if (session.failed) return;
+    if (session.busy) {
+      const queue = (session.queue ??= []);
+      queue.push(data, isBinary);
+      if (!session.paused && queue.length >= MAX_QUEUED_MESSAGES * 2) {
+        session.paused = true;
+        session.conn.socket.pause();
+      }
+      return;
+    }
+    this.process(session, data, isBinary);
+  }
+
+  private process(session: Session, data: Buffer, isBinary: boolean): void {
+    const target = this.route(session, data, isBinary);
+    if (!target) return;
+    session.busy = true;
+    this.run(session, target).then(
+      () => this.release(session),
+      (error: unknown) => {
+        this.logger.error(`${this.routeName}: answering connection ${session.conn.id} failed`, stackOf(error));
+        this.release(session);
+      },
+    );
+  }
+
+  /** Marks the session idle and handles what waited, in order. */
+  private release(session: Session): void {
+    session.busy = false;
+    const queue = session.queue;
+    while (!session.busy && !session.failed && queue?.length) {
+      const data = queue.shift() as Buffer;
+      const isBinary = queue.shift() as boolean;
+      this.process(session, data, isBinary);
+    }
+    if (session.paused && (!queue || queue.length < MAX_QUEUED_MESSAGES)) {
+      session.paused = false;
+      session.conn.socket.resume();
+    }
+    if (!session.busy && session.whenIdle) {
+      const resolve = session.whenIdle;
+      session.whenIdle = undefined;
+      resolve();
+    }
+  }
+
+  /** Finds the handler of a message, or answers the client when there is none. */
+  private route(session: Session, data: Buffer, isBinary: boolean): Target | undefined {
+    const { handlers } = this;
+    if (isBinary) {
+      if (handlers.message) return { handler: handlers.message, payload: data, pattern: undefined };
+      this.refuse(session, 'This route does not accept binary messages');
+      return undefined;
+    }
+    const text = data.toString();
+    if (this.acceptsJsonEvents) {
+      const envelope = parseEnvelope(text);
+      const handler = envelope && handlers.events.get(envelope.event);
+      if (handler) return { handler, payload: envelope.data, pattern: envelope.event };
+      if (!handlers.message) {
+        const problem = envelope
+          ? `Unknown event "${envelope.event.slice(0, MAX_QUOTED_EVENT)}"`
+          : 'Malformed message: expected JSON {"event": string, "data": any}';
+        this.answerError(session.conn, new WsException(problem), text, envelope?.event);
+        return undefined;
+      }
+    }
+    if (handlers.message) return { handler: handlers.message, payload: text, pattern: undefined };
+    this.refuse(session, 'This route does not accept messages');
+    return undefined;
+  }
+
+  /** The message is of a kind the route cannot take at all: 1003 (RFC 6455 §7.4.1). */
+  private refuse(session: Session, reason: string): void {
+    this.logger.warn(`${this.routeName}: connection ${session.conn.id} closed with 1003: ${reason}`);
+    session.failed = true;
+    session.queue = undefined;
+    session.conn.close(CloseCode.UnsupportedData, reason);
+  }
+
+  private async run(session: Session, { handler, payload, pattern }: Target): Promise<void> {
+    let result: unknown;
+    try {
+      result = await handler.invoke(session.conn, payload, pattern);
+    } catch (error) {
+      this.fail(session.conn, handler, error, payload, pattern);
+      return;
+    }
+    await this.reply(session, handler, result, payload, pattern);
+  }
+
+  /**
+   * Sends a handler's result to its connection. An Observable sends every value until it
+   * completes or the connection closes; the next message of the connection waits for its
+   * first value (or its end), so that single-value streams, which interceptors produce, keep
+   * replies in order.
+   */
+  private reply(
+    session: Session,
+    handler: BoundHandler,
+    result: unknown,
+    payload: unknown,
+    pattern: string | undefined,
+  ): Promise<void> | void {
+    if (result === undefined || result === null) return;
+    const { conn } = session;
+    if (!isObservable(result)) {
+      try {
+        conn.send(result);
+      } catch (error) {
+        this.fail(conn, handler, error, payload, pattern);
+      }
+      return;
+    }
+    return new Promise<void>((resolve) => {
+      let settled = false;
+      let subscription: Subscription | undefined;
+      const firstValueSeen = () => {
+        if (!settled) {
+          settled = true;
+          resolve();
+        }
+      };
+      const end = () => {
+        firstValueSeen();
+        if (subscription) session.subscriptions?.delete(subscription);
+      };
+      subscription = (result as Observable<unknown>).subscribe({
+        next: (value) => {
+          firstValueSeen();
+          if (value === undefined || value === null) return;
+          try {
+            conn.send(value);
+          } catch (error) {
+            this.fail(conn, handler, error, payload, pattern);
+          }
+        },
+        error: (error: unknown) => {
+          end();
+          this.fail(conn, handler, error, payload, pattern);
+        },
+        complete: end,
+      });
+      if (!subscription.closed) {
+        if (conn.readyState >= conn.CLOSING) subscription.unsubscribe();
+        else (session.subscriptions ??= new Set()).add(subscription);
+      }
+    });
+  }
+
+  /** A message handler threw: the route's filters first, then Nest 12's exception message. */
+  private fail(conn: WsConnection, handler: BoundHandler, error: unknown, payload: unknown, pattern: string | undefined): void {
+    const host = new ExecutionContextHost([conn, payload, pattern]);
+    host.setType('ws');
+    const filter = selectFilter(handler.filters, error);
+    if (filter) {
+      try {
+        const handled = filter.func(error, host) as unknown;
+        if (handled instanceof Promise) {
+          handled.catch((filterError: unknown) => this.answerError(conn, filterError, payload, pattern));
+        }
+        return;
+      } catch (filterError) {
+        error = filterError;
+      }
+    }
+    this.answerError(conn, error, payload, pattern);
+  }
+
+  /** The default answer: an `exception` message, generic for unexpected errors, which are logged. */
+  private answerError(conn: WsConnection, error: unknown, payload: unknown, pattern: string | undefined): void {
+    if (!isClientError(error)) this.runErrorHook(conn, error);
+    const host = new ExecutionContextHost([conn, payload, pattern]);
+    host.setType('ws');
+    this.defaultFilter.catch(error, host);
+  }
+
+  private onSocketError(session: Session, error: Error): void {
+    const code = (error as Error & { code?: string }).code;
+    this.logger.warn(`${this.routeName}: connection ${session.conn.id} failed: ${error.message}${code ? ` (${code})` : ''}`);
+    this.runErrorHook(session.conn, error);
+  }
+
+  private onClose(session: Session, code: number, reason: Buffer): void {
+    const { conn } = session;
+    conn.closeCode = code;
+    conn.closeReason = conn.terminationReason ?? reason.toString();
+    this.registry.remove(conn);
+    if (session.subscriptions) {
+      for (const subscription of session.subscriptions) subscription.unsubscribe();
+      session.subscriptions = undefined;
+    }
+    if (session.failed) session.queue = undefined;
+    if (session.paused) conn.socket.resume();
+    const closeHandler = this.handlers.close;
+    if (!closeHandler) return;
+    // Messages that arrived before the close are still handled (a chat line sent just before
+    // leaving is still delivered to the room); @OnClose runs after them.
+    const idle = session.busy ? new Promise<void>((resolve) => (session.whenIdle = resolve)) : undefined;
+    const run = async () => {
+      if (idle) await idle;
+      await this.runHook(closeHandler, conn, { code, reason: conn.closeReason });
+    };
+    const pending = run().finally(() => this.pendingCloses.delete(pending));
+    this.pendingCloses.add(pending);
+  }
+
+  private runErrorHook(conn: WsConnection, error: unknown): void {
+    if (this.handlers.error) void this.runHook(this.handlers.error, conn, error);
+  }
+
+  /** Runs a lifecycle hook whose errors have no client to go to: they are logged. */
+  private async runHook(handler: BoundHandler, conn: WsConnection, payload: unknown): Promise<void> {
+    try {
+      await handler.invoke(conn, payload, undefined);
+    } catch (error) {
+      this.logger.error(`${this.routeName}: ${handler.methodName}() failed for connection ${conn.id}`, stackOf(error));
+    }
+  }
+}
+
+/** Parses `{"event": string, "data": any}`; anything else is `undefined`. */
+function parseEnvelope(text: string): { event: string; data: unknown } | undefined {
+  if (text.length < 2 || text.charCodeAt(0) !== 123 /* { */) return undefined;
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const event = (value as { event?: unknown }).event;
+  return typeof event === 'string' ? { event, data: (value as { data?: unknown }).data } : undefined;
+}
+
+function selectFilter(filters: WsFilterBinding[], error: unknown): WsFilterBinding | undefined {
+  return filters.find(
+    ({ exceptionMetatypes }) => !exceptionMetatypes.length || exceptionMetatypes.some((type) => error instanceof type),
+  );
+}
+
+/** Errors written to be shown to the client; everything else is a bug that gets logged. */
+function isClientError(error: unknown): error is WsException | HttpException {
+  return error instanceof WsException || (error instanceof HttpException && error.getStatus() < 500);
+}
+
+function messageOf(error: WsException | HttpException): string {
+  return truncateCloseReason(error.message);
+}
+
+function stackOf(error: unknown): string | undefined {
+  return error instanceof Error ? error.stack : String(error);
+}

@@ -1,0 +1,142 @@
+import { Injectable, type ExceptionFilter } from '@nestjs/common';
+import { ExternalContextCreator } from '@nestjs/core';
+import { STATIC_CONTEXT } from '@nestjs/core/injector/constants.js';
+import { PARAM_ARGS_METADATA } from '@nestjs/websockets/constants.js';
+import { WsParamtype } from '@nestjs/websockets/enums/ws-paramtype.enum.js';
+import { WsRouteParamtype } from '../decorators/ws-params.decorators.js';
+import type { WsHandlerKind } from '../decorators/ws-lifecycle.decorators.js';
+import type { WsConnection } from '../connection/ws-connection.js';
+import type { WsRouteDefinition } from '../routing/ws-route-explorer.js';
+
+/**
+ * A handler wrapped in Nest's guards, interceptors and pipes. Arguments are what
+ * `ExecutionContext.switchToWs()` shows: the connection (`getClient()`), the payload
+ * (`getData()`) and the event name or `undefined` (`getPattern()`).
+ */
+export type WsInvoker = (conn: WsConnection, payload: unknown, pattern: string | undefined) => Promise<unknown>;
+
+/** An exception filter as Nest resolves it: the exception classes it catches and its `catch`. */
+export interface WsFilterBinding {
+  exceptionMetatypes: Function[];
+  func: ExceptionFilter['catch'];
+}
+
+export interface BoundHandler {
+  methodName: string;
+  invoke: WsInvoker;
+  /** The route's, the method's and the global exception filters, in Nest's order. */
+  filters: WsFilterBinding[];
+}
+
+/** Every handler of one route, resolved at start-up. */
+export interface RouteHandlers {
+  open?: BoundHandler;
+  /** `@OnMessage()`: messages no event handler claimed. */
+  message?: BoundHandler;
+  events: Map<string, BoundHandler>;
+  close?: BoundHandler;
+  error?: BoundHandler;
+  ping?: BoundHandler;
+  pong?: BoundHandler;
+}
+
+type Args = [WsConnection, unknown, string | undefined];
+
+/** Turns parameter metadata into values; `ExternalContextCreator` calls it once per argument. */
+const paramsFactory = {
+  exchangeKeyForValue(type: number, data: string | undefined, args: Args): unknown {
+    const [conn, payload] = args;
+    switch (type) {
+      case WsParamtype.SOCKET:
+        return conn;
+      case WsParamtype.PAYLOAD:
+        return data && payload && typeof payload === 'object' ? (payload as Record<string, unknown>)[data] : payload;
+      case WsRouteParamtype.PARAM:
+        return data ? conn.params[data] : conn.params;
+      case WsRouteParamtype.QUERY:
+        return data ? conn.query[data] : conn.query;
+      case WsRouteParamtype.HEADERS:
+        return data ? conn.headers[data] : conn.headers;
+      case WsRouteParamtype.REQUEST:
+        return conn.request;
+      default:
+        return undefined;
+    }
+  },
+};
+
+interface FilterSource {
+  create(instance: object, callback: Function, moduleKey: string, contextId: unknown): { filters?: WsFilterBinding[] };
+}
+
+/**
+ * Wraps route methods in Nest's execution context, the way `@nestjs/websockets` wraps gateway
+ * handlers, with `ExternalContextCreator` from `@nestjs/core`: guards, interceptors and pipes
+ * (class, method and global), `getType() === 'ws'`, and `@ConnectedSocket()`,
+ * `@MessageBody()`, `@WsParam()` and friends. All of it happens once per handler at start-up.
+ */
+@Injectable()
+export class WsHandlerFactory {
+  private readonly contextCreator: ExternalContextCreator;
+
+  constructor(externalContextCreator: ExternalContextCreator) {
+    // ExternalContextCreator turns an Observable result into its last value; a route's
+    // Observable is a stream of replies, so this instance hands results through untouched.
+    this.contextCreator = Object.create(externalContextCreator, {
+      transformToResult: { value: async (result: unknown) => result },
+    });
+  }
+
+  createRouteHandlers(route: WsRouteDefinition): RouteHandlers {
+    const handlers: RouteHandlers = { events: new Map() };
+    const taken = new Map<string, string>();
+    for (const definition of route.handlers) {
+      const slot = definition.event === undefined ? definition.kind : `message:${definition.event}`;
+      const previous = taken.get(slot);
+      if (previous) {
+        throw new Error(
+          `${route.routeClass.name}: ${previous}() and ${definition.methodName}() both handle ${describe(definition.kind, definition.event)}`,
+        );
+      }
+      taken.set(slot, definition.methodName);
+      const bound = this.bind(route, definition.methodName);
+      if (definition.event !== undefined) handlers.events.set(definition.event, bound);
+      else handlers[definition.kind as Exclude<WsHandlerKind, never>] = bound;
+    }
+    return handlers;
+  }
+
+  private bind(route: WsRouteDefinition, methodName: string): BoundHandler {
+    const instance = route.instance as Record<string, Function>;
+    const callback = instance[methodName] as (...args: unknown[]) => unknown;
+    const invoke = this.contextCreator.create(
+      instance,
+      callback,
+      methodName,
+      PARAM_ARGS_METADATA,
+      paramsFactory,
+      STATIC_CONTEXT,
+      undefined,
+      { guards: true, interceptors: true, filters: false },
+      'ws',
+    ) as unknown as WsInvoker;
+    return { methodName, invoke, filters: this.filtersOf(route, callback) };
+  }
+
+  /**
+   * Exception filters are applied by the dispatcher, not by ExternalContextCreator: Nest's
+   * external handler treats a filter that returns nothing as "not handled" and rethrows, while
+   * a WebSocket filter answers by sending and returns nothing.
+   */
+  private filtersOf(route: WsRouteDefinition, callback: Function): WsFilterBinding[] {
+    const source = (this.contextCreator as unknown as { filtersContextCreator?: FilterSource }).filtersContextCreator;
+    if (!source) return [];
+    const moduleKey = this.contextCreator.getContextModuleKey(route.routeClass);
+    return source.create(route.instance, callback, moduleKey, STATIC_CONTEXT).filters ?? [];
+  }
+}
+
+function describe(kind: WsHandlerKind, event: string | undefined): string {
+  if (event !== undefined) return `@OnMessage('${event}')`;
+  return `@On${kind[0].toUpperCase()}${kind.slice(1)}()`;
+}

@@ -1,0 +1,3 @@
+export * from './heartbeat-options.interface.js';
+export * from './ws-route-options.interface.js';
+export * from './ws-routes-module-options.interface.js';
