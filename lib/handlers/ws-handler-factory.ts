@@ -44,8 +44,9 @@ type Args = [WsConnection, unknown, string | undefined];
 
 /** Turns parameter metadata into values; `ExternalContextCreator` calls it once per argument. */
 const paramsFactory = {
-  exchangeKeyForValue(type: number, data: string | undefined, args: Args): unknown {
+  exchangeKeyForValue(type: number, key: unknown, args: Args): unknown {
     const [conn, payload] = args;
+    const data = key as string | undefined;
     switch (type) {
       case WsParamtype.SOCKET:
         return conn;
