@@ -1,0 +1,264 @@
+import 'reflect-metadata';
+import { Injectable, Module } from '@nestjs/common';
+import { connect, type Socket } from 'node:net';
+import {
+  CloseCode,
+  ConnectedSocket,
+  HEARTBEAT_TIMEOUT_REASON,
+  MessageBody,
+  OnClose,
+  OnError,
+  OnMessage,
+  OnOpen,
+  OnPong,
+  WsConnection,
+  WsConnectionRegistry,
+  WsException,
+  WsRoute,
+  WsRoutesModule,
+} from '../../lib/index.js';
+import { CapturingLogger, startApp, type TestApp } from '../utils/app.js';
+import { delay, eventually, refusedUpgrade, TestClient } from '../utils/ws-client.js';
+
+/** What the routes saw, for the test to read. */
+@Injectable()
+class Journal {
+  readonly closes: { route: string; code?: number; reason?: string; arg?: unknown }[] = [];
+  readonly errors: string[] = [];
+  readonly pongs: number[] = [];
+}
+
+@WsRoute('/slow-open')
+class SlowOpenRoute {
+  @OnOpen()
+  async open(@ConnectedSocket() conn: WsConnection) {
+    await delay(100);
+    conn.data.ready = true;
+  }
+  @OnMessage()
+  message(@ConnectedSocket() conn: WsConnection, @MessageBody() body: string) {
+    return `${conn.data.ready ? 'ready' : 'early'}:${body}`;
+  }
+}
+
+@WsRoute('/broken-open')
+class BrokenOpenRoute {
+  @OnOpen()
+  open(@ConnectedSocket() conn: WsConnection) {
+    if (conn.query.kind === 'ws') throw new WsException('go away');
+    throw new Error('database is down');
+  }
+  @OnMessage() message() {
+    return 'should not happen';
+  }
+}
+
+@WsRoute('/closing')
+class ClosingRoute {
+  constructor(private readonly journal: Journal) {}
+  @OnMessage('kick')
+  kick(@ConnectedSocket() conn: WsConnection) {
+    conn.close(4000, 'kick');
+  }
+  @OnClose()
+  closed(conn: WsConnection, arg: unknown) {
+    // no parameter decorators: (conn, { code, reason })
+    this.journal.closes.push({ route: 'closing', code: conn.closeCode, reason: conn.closeReason, arg });
+  }
+  @OnError()
+  failed(conn: WsConnection, error: Error) {
+    this.journal.errors.push(error.message);
+  }
+}
+
+@WsRoute('/small', { maxPayload: 16 })
+class SmallRoute {
+  constructor(private readonly journal: Journal) {}
+  @OnMessage() echo(@MessageBody() body: string) {
+    return body;
+  }
+  @OnError() failed(conn: WsConnection, error: Error) {
+    this.journal.errors.push(`${conn.route}: ${error.message}`);
+  }
+}
+
+@WsRoute('/beat', { heartbeat: { interval: 150, timeout: 100 } })
+class BeatRoute {
+  constructor(private readonly journal: Journal) {}
+  @OnMessage() echo(@MessageBody() body: string) {
+    return body;
+  }
+  @OnPong() pong() {
+    this.journal.pongs.push(Date.now());
+  }
+  @OnClose() closed(conn: WsConnection) {
+    this.journal.closes.push({ route: 'beat', code: conn.closeCode, reason: conn.closeReason });
+  }
+}
+
+@WsRoute('/no-beat', { heartbeat: false })
+class NoBeatRoute {
+  @OnMessage() echo(@MessageBody() body: string) {
+    return body;
+  }
+}
+
+@WsRoute('/push-only')
+class PushOnlyRoute {
+  @OnOpen() open() {
+    return 'hello';
+  }
+}
+
+@Module({
+  imports: [WsRoutesModule.forRoot({ shutdownTimeout: 500 })],
+  providers: [Journal, SlowOpenRoute, BrokenOpenRoute, ClosingRoute, SmallRoute, BeatRoute, NoBeatRoute, PushOnlyRoute],
+})
+class AppModule {}
+
+describe('connection lifecycle', () => {
+  let t: TestApp;
+  let journal: Journal;
+  let registry: WsConnectionRegistry;
+  const logger = new CapturingLogger();
+
+  beforeAll(async () => {
+    t = await startApp(AppModule, { logger });
+    journal = t.app.get(Journal);
+    registry = t.app.get(WsConnectionRegistry);
+  });
+  afterAll(() => t.app.close());
+
+  it('handles messages that arrive during an async @OnOpen after it, in order', async () => {
+    const client = await TestClient.open(t.url('/slow-open'));
+    for (let i = 0; i < 5; i++) client.send(`m${i}`);
+    for (let i = 0; i < 5; i++) expect(await client.next()).toBe(`ready:m${i}`);
+    await client.close();
+  });
+
+  it('closes with 1011 when @OnOpen throws, logs the error, and runs no message handler', async () => {
+    const client = await TestClient.open(t.url('/broken-open'));
+    client.send('hi');
+    const closed = await client.closed;
+    expect(closed).toEqual({ code: CloseCode.InternalError, reason: 'Internal server error' });
+    expect(client.received).toEqual([]);
+    expect(logger.text('error')).toContain('database is down');
+  });
+
+  it('closes with 1008 and the message when @OnOpen throws a WsException', async () => {
+    const client = await TestClient.open(t.url('/broken-open?kind=ws'));
+    expect(await client.closed).toEqual({ code: CloseCode.PolicyViolation, reason: 'go away' });
+  });
+
+  it('carries close codes and reasons from client to @OnClose', async () => {
+    const client = await TestClient.open(t.url('/closing'));
+    await eventually(() => registry.byRoute(ClosingRoute).size === 1);
+    await client.close(4001, 'bye');
+    await eventually(() => journal.closes.some((entry) => entry.code === 4001));
+    expect(journal.closes.find((entry) => entry.code === 4001)).toEqual({
+      route: 'closing',
+      code: 4001,
+      reason: 'bye',
+      arg: { code: 4001, reason: 'bye' },
+    });
+    expect(registry.byRoute(ClosingRoute).size).toBe(0);
+  });
+
+  it('carries close codes and reasons from conn.close() to the client', async () => {
+    const client = await TestClient.open(t.url('/closing'));
+    client.emit('kick');
+    expect(await client.closed).toEqual({ code: 4000, reason: 'kick' });
+    await eventually(() => journal.closes.some((entry) => entry.code === 4000));
+  });
+
+  it('closes an oversized message with 1009, tells @OnError, and keeps serving others', async () => {
+    const other = await TestClient.open(t.url('/small'));
+    const client = await TestClient.open(t.url('/small'));
+    client.send('x'.repeat(17));
+    expect((await client.closed).code).toBe(CloseCode.MessageTooBig);
+    await eventually(() => journal.errors.some((line) => line.startsWith('/small: Max payload size exceeded')));
+    other.send('0123456789abcdef');
+    expect(await other.next()).toBe('0123456789abcdef');
+    await other.close();
+  });
+
+  it('closes with 1003 when a route takes no messages', async () => {
+    const client = await TestClient.open(t.url('/push-only'));
+    expect(await client.next()).toBe('hello');
+    client.send('anything');
+    expect((await client.closed).code).toBe(CloseCode.UnsupportedData);
+  });
+
+  it('terminates a peer that stops answering pings and runs @OnClose; healthy peers stay', async () => {
+    const healthy = await TestClient.open(t.url('/beat'));
+    const silent = await TestClient.open(t.url('/beat'), undefined, { autoPong: false });
+    const unbeaten = await TestClient.open(t.url('/no-beat'), undefined, { autoPong: false });
+    const closed = await silent.closed;
+    expect(closed.code).toBe(CloseCode.Abnormal);
+    await eventually(() => journal.closes.some((entry) => entry.route === 'beat'));
+    expect(journal.closes.find((entry) => entry.route === 'beat')).toMatchObject({
+      code: 1006,
+      reason: HEARTBEAT_TIMEOUT_REASON,
+    });
+    await delay(400);
+    expect(journal.pongs.length).toBeGreaterThanOrEqual(2);
+    healthy.send('alive');
+    expect(await healthy.next()).toBe('alive');
+    unbeaten.send('alive');
+    expect(await unbeaten.next()).toBe('alive');
+    await Promise.all([healthy.close(), unbeaten.close()]);
+  });
+
+  it('leaves no connection or room behind after many connects and disconnects', async () => {
+    for (let round = 0; round < 10; round++) {
+      const clients = await Promise.all(Array.from({ length: 20 }, () => TestClient.open(t.url('/no-beat'))));
+      for (const conn of registry.byRoute(NoBeatRoute)) conn.join('room-a', `room-${round}`);
+      await Promise.all(clients.map((client, i) => (i % 2 ? client.close() : (client.socket.terminate(), client.closed))));
+    }
+    await eventually(() => registry.size === 0);
+    expect(registry.roomCount).toBe(0);
+    expect(registry.byRoute(NoBeatRoute).size).toBe(0);
+  });
+});
+
+describe('shutdown', () => {
+  it('refuses new upgrades with 503, closes clients with 1001, runs @OnClose, and finishes within shutdownTimeout', async () => {
+    const t = await startApp(AppModule);
+    const journal = t.app.get(Journal);
+    const polite = await TestClient.open(t.url('/closing'));
+    const stubborn = await rawUpgrade(t.port, '/closing');
+    await eventually(() => t.app.get(WsConnectionRegistry).size === 2);
+
+    const started = Date.now();
+    const closing = t.app.close();
+    expect(await polite.closed).toEqual({ code: CloseCode.GoingAway, reason: 'Server shutting down' });
+    const refused = await refusedUpgrade(t.url('/closing'));
+    expect(refused.status).toBe(503);
+    await closing;
+    const elapsed = Date.now() - started;
+    expect(elapsed).toBeGreaterThanOrEqual(450);
+    expect(elapsed).toBeLessThan(3000);
+    const codes = journal.closes.filter((entry) => entry.route === 'closing').map((entry) => entry.code);
+    expect(codes.sort()).toEqual([1001, 1006]);
+    stubborn.destroy();
+  });
+});
+
+/** A client that completes the handshake and then never reads or answers anything. */
+function rawUpgrade(port: number, path: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1', () => {
+      socket.write(
+        `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+          'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+      );
+    });
+    socket.once('data', (chunk) => {
+      if (chunk.toString().startsWith('HTTP/1.1 101')) {
+        socket.pause();
+        resolve(socket);
+      } else reject(new Error(chunk.toString()));
+    });
+    socket.on('error', () => undefined);
+  });
+}
