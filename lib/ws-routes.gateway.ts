@@ -79,6 +79,12 @@ export class WsRoutesGateway implements OnApplicationBootstrap, OnModuleDestroy,
     }
     this.server = this.resolveServer();
     UpgradeHub.of(this.server).add(this.onUpgrade);
+    if (this.server.listenerCount('upgrade') > 1) {
+      this.logger.warn(
+        'Another "upgrade" listener is attached to the HTTP server. If it is @nestjs/platform-ws WsAdapter, ' +
+          'it destroys upgrades to @WsRoute paths: use app.useWebSocketAdapter(new WsRoutesAdapter(app)) instead.',
+      );
+    }
     if (this.ownsServer) await this.listen(this.server);
     for (const route of this.routes) route.heartbeat?.start();
   }

@@ -1,4 +1,4 @@
-import { Module } from '@nestjs/common';
+import { Module, type DynamicModule } from '@nestjs/common';
 import { DiscoveryModule } from '@nestjs/core';
 import { BROADCAST_TRANSPORT, BroadcastService } from './broadcast/broadcast.service.js';
 import { MemoryBroadcastTransport } from './broadcast/memory-broadcast.transport.js';
@@ -7,7 +7,11 @@ import { WsHandlerFactory } from './handlers/ws-handler-factory.js';
 import type { WsRoutesModuleOptions } from './interfaces/ws-routes-module-options.interface.js';
 import { WsRouteExplorer } from './routing/ws-route-explorer.js';
 import { WsRoutesGateway } from './ws-routes.gateway.js';
-import { WsRoutesConfigurableModule, WS_ROUTES_OPTIONS } from './ws-routes.module-definition.js';
+import {
+  WsRoutesConfigurableModule,
+  WS_ROUTES_OPTIONS,
+  type WS_ROUTES_OPTIONS_TYPE,
+} from './ws-routes.module-definition.js';
 
 /**
  * Serves every `@WsRoute` class of the application. Import it once, in the root module:
@@ -31,4 +35,9 @@ import { WsRoutesConfigurableModule, WS_ROUTES_OPTIONS } from './ws-routes.modul
   ],
   exports: [BroadcastService, WsConnectionRegistry, WsRoutesGateway],
 })
-export class WsRoutesModule extends WsRoutesConfigurableModule {}
+export class WsRoutesModule extends WsRoutesConfigurableModule {
+  /** Serves the routes with these options; every option is optional. */
+  static override forRoot(options: typeof WS_ROUTES_OPTIONS_TYPE = {}): DynamicModule {
+    return super.forRoot(options);
+  }
+}
