@@ -32,6 +32,9 @@ async function bootstrap(): Promise<void> {
 }
 
 bootstrap().catch((error: unknown) => {
-  new Logger('Sample').error('Could not start the sample', error instanceof Error ? error.stack : error);
+  new Logger('Sample').error(
+    'Could not start the sample',
+    error instanceof Error ? error.stack : error,
+  );
   process.exitCode = 1;
 });

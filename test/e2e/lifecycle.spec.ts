@@ -10,6 +10,7 @@ import {
   OnError,
   OnMessage,
   OnOpen,
+  OnPing,
   OnPong,
   WsConnection,
   WsConnectionRegistry,
@@ -26,6 +27,7 @@ class Journal {
   readonly closes: { route: string; code?: number; reason?: string; arg?: unknown }[] = [];
   readonly errors: string[] = [];
   readonly pongs: number[] = [];
+  readonly pings: string[] = [];
 }
 
 @WsRoute('/slow-open')
@@ -90,6 +92,9 @@ class BeatRoute {
   }
   @OnPong() pong() {
     this.journal.pongs.push(Date.now());
+  }
+  @OnPing() ping(conn: WsConnection, payload: Buffer) {
+    this.journal.pings.push(payload.toString());
   }
   @OnClose() closed(conn: WsConnection) {
     this.journal.closes.push({ route: 'beat', code: conn.closeCode, reason: conn.closeReason });
@@ -204,6 +209,8 @@ describe('connection lifecycle', () => {
     expect(journal.pongs.length).toBeGreaterThanOrEqual(2);
     healthy.send('alive');
     expect(await healthy.next()).toBe('alive');
+    healthy.socket.ping('are you there');
+    await eventually(() => journal.pings.includes('are you there'));
     unbeaten.send('alive');
     expect(await unbeaten.next()).toBe('alive');
     await Promise.all([healthy.close(), unbeaten.close()]);

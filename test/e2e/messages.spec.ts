@@ -15,7 +15,7 @@ import {
   WsRoutesModule,
 } from '../../lib/index.js';
 import { startApp, type TestApp } from '../utils/app.js';
-import { delay, TestClient } from '../utils/ws-client.js';
+import { delay, eventually, TestClient } from '../utils/ws-client.js';
 
 @WsRoute('/echo')
 class EchoRoute {
@@ -72,7 +72,19 @@ class ItemsRoute {
   @OnMessage('of') ofValue() {
     return of({ a: 1 });
   }
+  @OnMessage('ticks') ticks() {
+    return new Observable<number>((subscriber) => {
+      let n = 0;
+      const timer = setInterval(() => subscriber.next(n++), 5);
+      return () => {
+        clearInterval(timer);
+        teardowns.push('ticks');
+      };
+    });
+  }
 }
+
+const teardowns: string[] = [];
 
 @Module({ imports: [WsRoutesModule.forRoot({})], providers: [EchoRoute, ItemsRoute] })
 class AppModule {}
@@ -135,6 +147,16 @@ describe('messages and replies', () => {
     expect(await client.next()).toBe('one');
     expect(await client.next()).toBe('two');
     await client.close();
+  });
+
+  it('unsubscribes a reply stream when the connection closes', async () => {
+    const client = await TestClient.open(t.url('/items/1'));
+    await client.next();
+    client.emit('ticks');
+    expect(await client.next()).toBe('0');
+    expect(await client.next()).toBe('1');
+    await client.close();
+    await eventually(() => teardowns.includes('ticks'));
   });
 
   it('answers a WsException with the Nest 12 exception message and stays open', async () => {

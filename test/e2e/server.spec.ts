@@ -6,8 +6,11 @@ import {
   WebSocketGateway,
 } from '@nestjs/websockets';
 import {
+  ConnectedSocket,
   MessageBody,
   OnMessage,
+  OnOpen,
+  WsConnection,
   WsRoute,
   WsRoutesAdapter,
   WsRoutesGateway,
@@ -30,6 +33,13 @@ class FilesRoute {
   }
 }
 
+@WsRoute('/proto', { subprotocols: ['chat.v2', 'chat.v1'] })
+class ProtoRoute {
+  @OnOpen() open(@ConnectedSocket() conn: WsConnection) {
+    return `protocol=${conn.protocol}`;
+  }
+}
+
 @Controller('api')
 class HealthController {
   @Get('health') health() {
@@ -37,7 +47,7 @@ class HealthController {
   }
 }
 
-@Module({ imports: [WsRoutesModule.forRoot()], controllers: [HealthController], providers: [LiveRoute, FilesRoute] })
+@Module({ imports: [WsRoutesModule.forRoot()], controllers: [HealthController], providers: [LiveRoute, FilesRoute, ProtoRoute] })
 class AppModule {}
 
 describe.each(['express', 'fastify'] as const)('on the %s platform', (platform) => {
@@ -64,6 +74,24 @@ describe.each(['express', 'fastify'] as const)('on the %s platform', (platform) 
       live.send('c');
       expect(await live.next()).toBe('live: c');
       await Promise.all([live.close(), files.close()]);
+    } finally {
+      await t.app.close();
+    }
+  });
+});
+
+describe('subprotocols', () => {
+  it("picks the server's most preferred protocol among those offered", async () => {
+    const t = await startApp(AppModule);
+    try {
+      const client = await TestClient.open(t.url('/proto'), ['chat.v1', 'chat.v2']);
+      expect(client.socket.protocol).toBe('chat.v2');
+      expect(await client.next()).toBe('protocol=chat.v2');
+      const old = await TestClient.open(t.url('/proto'), ['chat.v1', 'chat.v0']);
+      expect(old.socket.protocol).toBe('chat.v1');
+      const none = await TestClient.open(t.url('/proto'));
+      expect(await none.next()).toBe('protocol=');
+      await Promise.all([client.close(), old.close(), none.close()]);
     } finally {
       await t.app.close();
     }
