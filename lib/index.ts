@@ -2,7 +2,11 @@ export * from './ws-routes.constants.js';
 export * from './interfaces/index.js';
 export * from './decorators/index.js';
 export { UpgradeHub, type UpgradeHandler } from './handshake/upgrade-hub.js';
-export { WsConnection, type WsSendOptions, type WsQueryParams } from './connection/ws-connection.js';
+export {
+  WsConnection,
+  type WsSendOptions,
+  type WsQueryParams,
+} from './connection/ws-connection.js';
 export { WsConnectionRegistry } from './connection/ws-connection-registry.js';
 export { HEARTBEAT_TIMEOUT_REASON } from './connection/heartbeat.js';
 export { WsRoutesExceptionFilter } from './handlers/ws-routes-exception-filter.js';

@@ -24,7 +24,8 @@ export class WsRoutesAdapter extends WsAdapter {
   }
 
   protected override ensureHttpServerExists(port: number, httpServer?: Server): Server | undefined {
-    if (port !== SHARED_SERVER_PORT || !httpServer) return super.ensureHttpServerExists(port, httpServer);
+    if (port !== SHARED_SERVER_PORT || !httpServer)
+      return super.ensureHttpServerExists(port, httpServer);
     if (this.httpServersRegistry.has(port)) return undefined;
     this.httpServersRegistry.set(port, httpServer);
     const handler: UpgradeHandler = (request, socket, head) => {
@@ -33,7 +34,9 @@ export class WsRoutesAdapter extends WsAdapter {
       const pathname = queryAt === -1 ? url : url.slice(0, queryAt);
       for (const wsServer of this.wsServersRegistry.get(port) ?? []) {
         if (wsServer.path !== pathname) continue;
-        wsServer.handleUpgrade(request, socket, head, (ws: unknown) => wsServer.emit('connection', ws, request));
+        wsServer.handleUpgrade(request, socket, head, (ws: unknown) =>
+          wsServer.emit('connection', ws, request),
+        );
         return true;
       }
       return false;

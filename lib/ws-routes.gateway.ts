@@ -43,7 +43,9 @@ interface ActiveRoute {
  * checks → 101 → register the connection → `@OnOpen`.
  */
 @Injectable()
-export class WsRoutesGateway implements OnApplicationBootstrap, OnModuleDestroy, OnApplicationShutdown {
+export class WsRoutesGateway
+  implements OnApplicationBootstrap, OnModuleDestroy, OnApplicationShutdown
+{
   private readonly logger = new Logger('WsRoutes');
   private readonly matcher = new RouteMatcher<ActiveRoute>();
   private readonly routes: ActiveRoute[] = [];
@@ -107,14 +109,20 @@ export class WsRoutesGateway implements OnApplicationBootstrap, OnModuleDestroy,
     }
   }
 
-  private activate(definition: WsRouteDefinition, exceptionFilter: WsRoutesExceptionFilter): ActiveRoute {
+  private activate(
+    definition: WsRouteDefinition,
+    exceptionFilter: WsRoutesExceptionFilter,
+  ): ActiveRoute {
     const { options: routeOptions, pattern, routeClass } = definition;
     const wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
-      maxPayload: routeOptions.maxPayload ?? this.options.maxPayload ?? WS_ROUTES_DEFAULTS.maxPayload,
+      maxPayload:
+        routeOptions.maxPayload ?? this.options.maxPayload ?? WS_ROUTES_DEFAULTS.maxPayload,
       perMessageDeflate:
-        routeOptions.perMessageDeflate ?? this.options.perMessageDeflate ?? WS_ROUTES_DEFAULTS.perMessageDeflate,
+        routeOptions.perMessageDeflate ??
+        this.options.perMessageDeflate ??
+        WS_ROUTES_DEFAULTS.perMessageDeflate,
       handleProtocols: createProtocolSelector(routeOptions),
     });
     const handlers = this.handlerFactory.createRouteHandlers(definition);
@@ -125,8 +133,13 @@ export class WsRoutesGateway implements OnApplicationBootstrap, OnModuleDestroy,
       exceptionFilter,
       this.logger,
     );
-    const heartbeatOptions = resolveHeartbeat(this.options.heartbeat, routeOptions.heartbeat, pattern);
-    const heartbeat = heartbeatOptions && new Heartbeat(heartbeatOptions, () => this.registry.byRoute(pattern));
+    const heartbeatOptions = resolveHeartbeat(
+      this.options.heartbeat,
+      routeOptions.heartbeat,
+      pattern,
+    );
+    const heartbeat =
+      heartbeatOptions && new Heartbeat(heartbeatOptions, () => this.registry.byRoute(pattern));
     return { pattern, definition, wss, dispatcher, heartbeat };
   }
 
@@ -134,7 +147,11 @@ export class WsRoutesGateway implements OnApplicationBootstrap, OnModuleDestroy,
     if (this.options.port !== undefined) {
       this.ownsServer = true;
       return createServer((_request, response) => {
-        response.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket', Connection: 'Upgrade' });
+        response.writeHead(426, {
+          'Content-Type': 'text/plain',
+          Upgrade: 'websocket',
+          Connection: 'Upgrade',
+        });
         response.end('Upgrade Required');
       });
     }
@@ -209,7 +226,9 @@ export class WsRoutesGateway implements OnApplicationBootstrap, OnModuleDestroy,
     for (const conn of connections) conn.close(CloseCode.GoingAway, SHUTDOWN_CLOSE_REASON);
     if (!(await within(closed, deadline))) {
       const stuck = connections.filter((conn) => conn.readyState !== WsConnection.CLOSED);
-      this.logger.warn(`${stuck.length} connection(s) did not answer the close within ${timeout} ms; terminating`);
+      this.logger.warn(
+        `${stuck.length} connection(s) did not answer the close within ${timeout} ms; terminating`,
+      );
       for (const conn of stuck) conn.terminate('Shutdown timeout');
       await within(closed, Date.now() + 1000);
     }
@@ -228,7 +247,9 @@ function whenClosed(conn: WsConnection): Promise<void> {
 /** Waits for `promise` until `deadline`; `true` if it settled in time. */
 async function within(promise: Promise<unknown>, deadline: number): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<false>((resolve) => (timer = setTimeout(resolve, Math.max(0, deadline - Date.now()), false)));
+  const expired = new Promise<false>(
+    (resolve) => (timer = setTimeout(resolve, Math.max(0, deadline - Date.now()), false)),
+  );
   try {
     return await Promise.race([promise.then(() => true as const), expired]);
   } finally {
@@ -242,7 +263,11 @@ function resolveHeartbeat(
   pattern: string,
 ): HeartbeatOptions | undefined {
   if (routeLevel === false || (routeLevel === undefined && moduleLevel === false)) return undefined;
-  const options = { ...WS_ROUTES_DEFAULTS.heartbeat, ...(moduleLevel || {}), ...(routeLevel || {}) };
+  const options = {
+    ...WS_ROUTES_DEFAULTS.heartbeat,
+    ...(moduleLevel || {}),
+    ...(routeLevel || {}),
+  };
   if (!(options.interval > 0 && options.timeout > 0 && options.timeout < options.interval)) {
     throw new Error(
       `Heartbeat of ${pattern}: need 0 < timeout < interval, got interval ${options.interval} ms, timeout ${options.timeout} ms`,

@@ -29,7 +29,8 @@ import {
     BroadcastService,
     {
       provide: BROADCAST_TRANSPORT,
-      useFactory: (options: WsRoutesModuleOptions) => options.broadcastTransport ?? new MemoryBroadcastTransport(),
+      useFactory: (options: WsRoutesModuleOptions) =>
+        options.broadcastTransport ?? new MemoryBroadcastTransport(),
       inject: [WS_ROUTES_OPTIONS],
     },
   ],

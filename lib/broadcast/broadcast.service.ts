@@ -1,4 +1,10 @@
-import { Inject, Injectable, type OnApplicationShutdown, type OnModuleInit, type Type } from '@nestjs/common';
+import {
+  Inject,
+  Injectable,
+  type OnApplicationShutdown,
+  type OnModuleInit,
+  type Type,
+} from '@nestjs/common';
 import { WsConnection, type WsSendOptions } from '../connection/ws-connection.js';
 import { routePattern, WsConnectionRegistry } from '../connection/ws-connection-registry.js';
 import { encodeMessage } from '../connection/encode-message.js';
@@ -55,7 +61,10 @@ export class BroadcastOperator {
 
   private with(key: keyof Target, values: string[]): BroadcastOperator {
     const current = this.target[key] ?? [];
-    return new BroadcastOperator(this.transport, { ...this.target, [key]: [...current, ...values] });
+    return new BroadcastOperator(this.transport, {
+      ...this.target,
+      [key]: [...current, ...values],
+    });
   }
 }
 

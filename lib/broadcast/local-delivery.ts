@@ -12,7 +12,8 @@ const OPEN = 1;
  */
 export function createLocalDelivery(registry: WsConnectionRegistry): LocalDelivery {
   return (packet) => {
-    const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
+    const payload =
+      typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
     const options = { binary: packet.binary };
     const except = packet.except?.length ? new Set(packet.except) : undefined;
     let delivered = 0;
@@ -25,7 +26,10 @@ export function createLocalDelivery(registry: WsConnectionRegistry): LocalDelive
   };
 }
 
-function recipients(registry: WsConnectionRegistry, packet: BroadcastPacket): Iterable<WsConnection> {
+function recipients(
+  registry: WsConnectionRegistry,
+  packet: BroadcastPacket,
+): Iterable<WsConnection> {
   if (isForEveryone(packet)) return registry;
   const groups: Iterable<WsConnection>[] = [];
   for (const route of packet.routes ?? []) groups.push(registry.byRoute(route));

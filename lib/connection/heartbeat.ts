@@ -38,7 +38,10 @@ export class Heartbeat {
       conn.ping();
     }
     clearTimeout(this.verdictTimer);
-    this.verdictTimer = setTimeout(() => setImmediate(() => this.terminateSilent()), this.options.timeout).unref();
+    this.verdictTimer = setTimeout(
+      () => setImmediate(() => this.terminateSilent()),
+      this.options.timeout,
+    ).unref();
   }
 
   private terminateSilent(): void {

@@ -13,7 +13,8 @@ export interface WsHandlerMetadata {
 function handlerDecorator(metadata: WsHandlerMetadata): MethodDecorator {
   return (_target, _key, descriptor) => {
     const method = descriptor.value as object;
-    const existing: WsHandlerMetadata[] = Reflect.getMetadata(WS_ROUTE_HANDLER_METADATA, method) ?? [];
+    const existing: WsHandlerMetadata[] =
+      Reflect.getMetadata(WS_ROUTE_HANDLER_METADATA, method) ?? [];
     Reflect.defineMetadata(WS_ROUTE_HANDLER_METADATA, [...existing, metadata], method);
     return descriptor;
   };

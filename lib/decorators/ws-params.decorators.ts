@@ -14,7 +14,11 @@ export enum WsRouteParamtype {
 
 type PipeArg = PipeTransform | Type<PipeTransform>;
 
-function paramDecorator(type: WsRouteParamtype, data: string | undefined, pipes: PipeArg[]): ParameterDecorator {
+function paramDecorator(
+  type: WsRouteParamtype,
+  data: string | undefined,
+  pipes: PipeArg[],
+): ParameterDecorator {
   return (target, key, index) => {
     const owner = target.constructor;
     const existing = Reflect.getMetadata(PARAM_ARGS_METADATA, owner, key!) ?? {};
@@ -27,7 +31,10 @@ function paramDecorator(type: WsRouteParamtype, data: string | undefined, pipes:
   };
 }
 
-function split(nameOrPipe: string | PipeArg | undefined, pipes: PipeArg[]): [string | undefined, PipeArg[]] {
+function split(
+  nameOrPipe: string | PipeArg | undefined,
+  pipes: PipeArg[],
+): [string | undefined, PipeArg[]] {
   return typeof nameOrPipe === 'string' || nameOrPipe === undefined
     ? [nameOrPipe, pipes]
     : [undefined, [nameOrPipe, ...pipes]];

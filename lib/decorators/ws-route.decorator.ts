@@ -20,7 +20,9 @@ export interface WsRouteMetadata {
  */
 export function WsRoute(path: string, options: WsRouteOptions = {}): ClassDecorator {
   if (typeof path !== 'string' || !path.startsWith('/')) {
-    throw new TypeError(`@WsRoute() needs a path that starts with "/", got ${JSON.stringify(path)}`);
+    throw new TypeError(
+      `@WsRoute() needs a path that starts with "/", got ${JSON.stringify(path)}`,
+    );
   }
   const metadata: WsRouteMetadata = { path, options };
   return (target) => {

@@ -72,7 +72,9 @@ export class RouteDispatcher {
       whenIdle: undefined,
     };
     const { socket } = conn;
-    socket.on('message', (data: RawData, isBinary: boolean) => this.receive(session, data as Buffer, isBinary));
+    socket.on('message', (data: RawData, isBinary: boolean) =>
+      this.receive(session, data as Buffer, isBinary),
+    );
     socket.on('close', (code: number, reason: Buffer) => this.onClose(session, code, reason));
     socket.on('error', (error: Error) => this.onSocketError(session, error));
     socket.on('pong', (payload: Buffer) => {
@@ -104,7 +106,10 @@ export class RouteDispatcher {
         session.queue = undefined;
         const expected = isClientError(error);
         if (!expected) {
-          this.logger.error(`${this.routeName}: @OnOpen failed for connection ${conn.id}`, stackOf(error));
+          this.logger.error(
+            `${this.routeName}: @OnOpen failed for connection ${conn.id}`,
+            stackOf(error),
+          );
           this.runErrorHook(conn, error);
         }
         conn.close(
@@ -138,7 +143,10 @@ export class RouteDispatcher {
     this.run(session, target).then(
       () => this.release(session),
       (error: unknown) => {
-        this.logger.error(`${this.routeName}: answering connection ${session.conn.id} failed`, stackOf(error));
+        this.logger.error(
+          `${this.routeName}: answering connection ${session.conn.id} failed`,
+          stackOf(error),
+        );
         this.release(session);
       },
     );
@@ -192,7 +200,9 @@ export class RouteDispatcher {
 
   /** The message is of a kind the route cannot take at all: 1003 (RFC 6455 §7.4.1). */
   private refuse(session: Session, reason: string): void {
-    this.logger.warn(`${this.routeName}: connection ${session.conn.id} closed with 1003: ${reason}`);
+    this.logger.warn(
+      `${this.routeName}: connection ${session.conn.id} closed with 1003: ${reason}`,
+    );
     session.failed = true;
     session.queue = undefined;
     session.conn.close(CloseCode.UnsupportedData, reason);
@@ -234,6 +244,8 @@ export class RouteDispatcher {
     }
     return new Promise<void>((resolve) => {
       let settled = false;
+      // Not const: a synchronous Observable completes inside subscribe(), before assignment.
+      // eslint-disable-next-line prefer-const
       let subscription: Subscription | undefined;
       const firstValueSeen = () => {
         if (!settled) {
@@ -269,7 +281,13 @@ export class RouteDispatcher {
   }
 
   /** A message handler threw: the route's filters first, then Nest 12's exception message. */
-  private fail(conn: WsConnection, handler: BoundHandler, error: unknown, payload: unknown, pattern: string | undefined): void {
+  private fail(
+    conn: WsConnection,
+    handler: BoundHandler,
+    error: unknown,
+    payload: unknown,
+    pattern: string | undefined,
+  ): void {
     const host = new ExecutionContextHost([conn, payload, pattern]);
     host.setType('ws');
     const filter = selectFilter(handler.filters, error);
@@ -277,7 +295,9 @@ export class RouteDispatcher {
       try {
         const handled = filter.func(error, host) as unknown;
         if (handled instanceof Promise) {
-          handled.catch((filterError: unknown) => this.answerError(conn, filterError, payload, pattern));
+          handled.catch((filterError: unknown) =>
+            this.answerError(conn, filterError, payload, pattern),
+          );
         }
         return;
       } catch (filterError) {
@@ -288,7 +308,12 @@ export class RouteDispatcher {
   }
 
   /** The default answer: an `exception` message, generic for unexpected errors, which are logged. */
-  private answerError(conn: WsConnection, error: unknown, payload: unknown, pattern: string | undefined): void {
+  private answerError(
+    conn: WsConnection,
+    error: unknown,
+    payload: unknown,
+    pattern: string | undefined,
+  ): void {
     if (!isClientError(error)) this.runErrorHook(conn, error);
     const host = new ExecutionContextHost([conn, payload, pattern]);
     host.setType('ws');
@@ -297,7 +322,9 @@ export class RouteDispatcher {
 
   private onSocketError(session: Session, error: Error): void {
     const code = (error as Error & { code?: string }).code;
-    this.logger.warn(`${this.routeName}: connection ${session.conn.id} failed: ${error.message}${code ? ` (${code})` : ''}`);
+    this.logger.warn(
+      `${this.routeName}: connection ${session.conn.id} failed: ${error.message}${code ? ` (${code})` : ''}`,
+    );
     this.runErrorHook(session.conn, error);
   }
 
@@ -316,7 +343,9 @@ export class RouteDispatcher {
     if (!closeHandler) return;
     // Messages that arrived before the close are still handled (a chat line sent just before
     // leaving is still delivered to the room); @OnClose runs after them.
-    const idle = session.busy ? new Promise<void>((resolve) => (session.whenIdle = resolve)) : undefined;
+    const idle = session.busy
+      ? new Promise<void>((resolve) => (session.whenIdle = resolve))
+      : undefined;
     const run = async () => {
       if (idle) await idle;
       await this.runHook(closeHandler, conn, { code, reason: conn.closeReason });
@@ -330,11 +359,18 @@ export class RouteDispatcher {
   }
 
   /** Runs a lifecycle hook whose errors have no client to go to: they are logged. */
-  private async runHook(handler: BoundHandler, conn: WsConnection, payload: unknown): Promise<void> {
+  private async runHook(
+    handler: BoundHandler,
+    conn: WsConnection,
+    payload: unknown,
+  ): Promise<void> {
     try {
       await handler.invoke(conn, payload, undefined);
     } catch (error) {
-      this.logger.error(`${this.routeName}: ${handler.methodName}() failed for connection ${conn.id}`, stackOf(error));
+      this.logger.error(
+        `${this.routeName}: ${handler.methodName}() failed for connection ${conn.id}`,
+        stackOf(error),
+      );
     }
   }
 }
@@ -349,18 +385,23 @@ function parseEnvelope(text: string): { event: string; data: unknown } | undefin
     return undefined;
   }
   const event = (value as { event?: unknown }).event;
-  return typeof event === 'string' ? { event, data: (value as { data?: unknown }).data } : undefined;
+  return typeof event === 'string'
+    ? { event, data: (value as { data?: unknown }).data }
+    : undefined;
 }
 
 function selectFilter(filters: WsFilterBinding[], error: unknown): WsFilterBinding | undefined {
   return filters.find(
-    ({ exceptionMetatypes }) => !exceptionMetatypes.length || exceptionMetatypes.some((type) => error instanceof type),
+    ({ exceptionMetatypes }) =>
+      !exceptionMetatypes.length || exceptionMetatypes.some((type) => error instanceof type),
   );
 }
 
 /** Errors written to be shown to the client; everything else is a bug that gets logged. */
 function isClientError(error: unknown): error is WsException | HttpException {
-  return error instanceof WsException || (error instanceof HttpException && error.getStatus() < 500);
+  return (
+    error instanceof WsException || (error instanceof HttpException && error.getStatus() < 500)
+  );
 }
 
 function messageOf(error: WsException | HttpException): string {

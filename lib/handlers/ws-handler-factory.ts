@@ -13,7 +13,11 @@ import type { WsRouteDefinition } from '../routing/ws-route-explorer.js';
  * `ExecutionContext.switchToWs()` shows: the connection (`getClient()`), the payload
  * (`getData()`) and the event name or `undefined` (`getPattern()`).
  */
-export type WsInvoker = (conn: WsConnection, payload: unknown, pattern: string | undefined) => Promise<unknown>;
+export type WsInvoker = (
+  conn: WsConnection,
+  payload: unknown,
+  pattern: string | undefined,
+) => Promise<unknown>;
 
 /** An exception filter as Nest resolves it: the exception classes it catches and its `catch`. */
 export interface WsFilterBinding {
@@ -51,7 +55,9 @@ const paramsFactory = {
       case WsParamtype.SOCKET:
         return conn;
       case WsParamtype.PAYLOAD:
-        return data && payload && typeof payload === 'object' ? (payload as Record<string, unknown>)[data] : payload;
+        return data && payload && typeof payload === 'object'
+          ? (payload as Record<string, unknown>)[data]
+          : payload;
       case WsRouteParamtype.PARAM:
         return data ? conn.params[data] : conn.params;
       case WsRouteParamtype.QUERY:
@@ -67,7 +73,12 @@ const paramsFactory = {
 };
 
 interface FilterSource {
-  create(instance: object, callback: Function, moduleKey: string, contextId: unknown): { filters?: WsFilterBinding[] };
+  create(
+    instance: object,
+    callback: Function,
+    moduleKey: string,
+    contextId: unknown,
+  ): { filters?: WsFilterBinding[] };
 }
 
 /**
@@ -130,7 +141,8 @@ export class WsHandlerFactory {
    * a WebSocket filter answers by sending and returns nothing.
    */
   private filtersOf(route: WsRouteDefinition, callback: Function): WsFilterBinding[] {
-    const source = (this.contextCreator as unknown as { filtersContextCreator?: FilterSource }).filtersContextCreator;
+    const source = (this.contextCreator as unknown as { filtersContextCreator?: FilterSource })
+      .filtersContextCreator;
     if (!source) return [];
     const moduleKey = this.contextCreator.getContextModuleKey(route.routeClass);
     return source.create(route.instance, callback, moduleKey, STATIC_CONTEXT).filters ?? [];

@@ -21,7 +21,11 @@ export class WsRoutesExceptionFilter extends BaseWsExceptionFilter {
     super({ includeCause: true, causeFactory: causeOf });
   }
 
-  override handleError(client: any, exception: unknown, cause: { pattern: string; data: unknown }): void {
+  override handleError(
+    client: any,
+    exception: unknown,
+    cause: { pattern: string; data: unknown },
+  ): void {
     if (exception instanceof HttpException) {
       if (exception.getStatus() >= 500) BaseWsExceptionFilter.logger.error(exception);
       const response = exception.getResponse();
@@ -31,7 +35,12 @@ export class WsRoutesExceptionFilter extends BaseWsExceptionFilter {
           : exception.message;
       return super.handleError(
         client,
-        new WsException({ status: 'error', statusCode: exception.getStatus(), message, cause: causeOf(cause.pattern, cause.data) }),
+        new WsException({
+          status: 'error',
+          statusCode: exception.getStatus(),
+          message,
+          cause: causeOf(cause.pattern, cause.data),
+        }),
         cause,
       );
     }

@@ -19,7 +19,8 @@ export class UpgradeHub {
     for (const handler of this.handlers) {
       if (handler(request, socket, head)) return;
     }
-    if (this.server.listenerCount('upgrade') === 1) refuseUpgrade(socket, 404, 'No WebSocket endpoint at this path');
+    if (this.server.listenerCount('upgrade') === 1)
+      refuseUpgrade(socket, 404, 'No WebSocket endpoint at this path');
   };
 
   private constructor(private readonly server: Server) {}

@@ -15,7 +15,10 @@ const DYNAMIC = /[:*{}()?+!\\]/;
  */
 export class RouteMatcher<T extends { pattern: string }> {
   private readonly statics = new Map<string, T>();
-  private readonly dynamics: { route: T; match: MatchFunction<Partial<Record<string, string | string[]>>> }[] = [];
+  private readonly dynamics: {
+    route: T;
+    match: MatchFunction<Partial<Record<string, string | string[]>>>;
+  }[] = [];
   private readonly patterns = new Set<string>();
 
   add(route: T): void {

@@ -38,7 +38,10 @@ export class WsRouteExplorer {
     for (const wrapper of this.discovery.getProviders()) {
       const { metatype, instance } = wrapper;
       if (!metatype || typeof metatype !== 'function' || !instance || seen.has(instance)) continue;
-      const metadata: WsRouteMetadata | undefined = Reflect.getMetadata(WS_ROUTE_METADATA, metatype);
+      const metadata: WsRouteMetadata | undefined = Reflect.getMetadata(
+        WS_ROUTE_METADATA,
+        metatype,
+      );
       if (!metadata) continue;
       if (!wrapper.isDependencyTreeStatic()) {
         throw new Error(

@@ -81,14 +81,21 @@ describe('BroadcastService', () => {
     for (const { client } of all) expect(await client.next()).toBe('to everyone');
 
     expect(broadcast.toRoute(DemandRoute).send({ event: 'demand', data: [1, 2] })).toBe(2);
-    for (const { client } of [d1, d2]) expect(await client.nextJson()).toEqual({ event: 'demand', data: [1, 2] });
+    for (const { client } of [d1, d2])
+      expect(await client.nextJson()).toEqual({ event: 'demand', data: [1, 2] });
 
     expect(broadcast.toRoute('/rooms/:room').except(r1.id).send('route by pattern')).toBe(1);
     expect(await r2.client.next()).toBe('route by pattern');
 
     // A connection named by two targets receives the message once.
-    expect(broadcast.to('a', 'b').toConnection(r1.id, d1.id).send(Buffer.from([9, 8]))).toBe(3);
-    for (const { client } of [r1, r2, d1]) expect([...((await client.next()) as Buffer)]).toEqual([9, 8]);
+    expect(
+      broadcast
+        .to('a', 'b')
+        .toConnection(r1.id, d1.id)
+        .send(Buffer.from([9, 8])),
+    ).toBe(3);
+    for (const { client } of [r1, r2, d1])
+      expect([...((await client.next()) as Buffer)]).toEqual([9, 8]);
 
     expect(broadcast.except(d1.id, d2.id).send('text', { binary: false })).toBe(2);
     for (const { client } of [r1, r2]) expect(await client.next()).toBe('text');

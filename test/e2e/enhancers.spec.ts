@@ -40,7 +40,9 @@ const seen: string[] = [];
 class RoleGuard implements CanActivate {
   canActivate(context: ExecutionContext): boolean {
     const client = context.switchToWs().getClient<WsConnection>();
-    seen.push(`guard:${context.getType()}:${client instanceof WsConnection}:${context.getHandler().name}`);
+    seen.push(
+      `guard:${context.getType()}:${client instanceof WsConnection}:${context.getHandler().name}`,
+    );
     return client.query.role === 'admin';
   }
 }
@@ -143,7 +145,12 @@ describe('Nest enhancers around handlers', () => {
     user.emit('admin');
     expect(await user.nextJson()).toEqual({
       event: 'exception',
-      data: { status: 'error', statusCode: 403, message: 'Forbidden resource', cause: { pattern: 'admin' } },
+      data: {
+        status: 'error',
+        statusCode: 403,
+        message: 'Forbidden resource',
+        cause: { pattern: 'admin' },
+      },
     });
     user.emit('public');
     expect(await user.next()).toBe('[public]');
@@ -191,7 +198,10 @@ describe('Nest enhancers around handlers', () => {
     expect(await client.nextJson()).toEqual({ event: 'teapot', data: 'short and stout' });
     expect(await client.silentFor(100)).toBe(true);
     client.emit('denied');
-    expect(await client.nextJson()).toEqual({ event: 'exception', data: { code: 'DENIED', reason: 'no' } });
+    expect(await client.nextJson()).toEqual({
+      event: 'exception',
+      data: { code: 'DENIED', reason: 'no' },
+    });
     await client.close();
   });
 });

@@ -65,7 +65,12 @@ class ClosingRoute {
   @OnClose()
   closed(conn: WsConnection, arg: unknown) {
     // no parameter decorators: (conn, { code, reason })
-    this.journal.closes.push({ route: 'closing', code: conn.closeCode, reason: conn.closeReason, arg });
+    this.journal.closes.push({
+      route: 'closing',
+      code: conn.closeCode,
+      reason: conn.closeReason,
+      arg,
+    });
   }
   @OnError()
   failed(conn: WsConnection, error: Error) {
@@ -117,7 +122,16 @@ class PushOnlyRoute {
 
 @Module({
   imports: [WsRoutesModule.forRoot({ shutdownTimeout: 500 })],
-  providers: [Journal, SlowOpenRoute, BrokenOpenRoute, ClosingRoute, SmallRoute, BeatRoute, NoBeatRoute, PushOnlyRoute],
+  providers: [
+    Journal,
+    SlowOpenRoute,
+    BrokenOpenRoute,
+    ClosingRoute,
+    SmallRoute,
+    BeatRoute,
+    NoBeatRoute,
+    PushOnlyRoute,
+  ],
 })
 class AppModule {}
 
@@ -181,7 +195,9 @@ describe('connection lifecycle', () => {
     const client = await TestClient.open(t.url('/small'));
     client.send('x'.repeat(17));
     expect((await client.closed).code).toBe(CloseCode.MessageTooBig);
-    await eventually(() => journal.errors.some((line) => line.startsWith('/small: Max payload size exceeded')));
+    await eventually(() =>
+      journal.errors.some((line) => line.startsWith('/small: Max payload size exceeded')),
+    );
     other.send('0123456789abcdef');
     expect(await other.next()).toBe('0123456789abcdef');
     await other.close();
@@ -218,9 +234,15 @@ describe('connection lifecycle', () => {
 
   it('leaves no connection or room behind after many connects and disconnects', async () => {
     for (let round = 0; round < 10; round++) {
-      const clients = await Promise.all(Array.from({ length: 20 }, () => TestClient.open(t.url('/no-beat'))));
+      const clients = await Promise.all(
+        Array.from({ length: 20 }, () => TestClient.open(t.url('/no-beat'))),
+      );
       for (const conn of registry.byRoute(NoBeatRoute)) conn.join('room-a', `room-${round}`);
-      await Promise.all(clients.map((client, i) => (i % 2 ? client.close() : (client.socket.terminate(), client.closed))));
+      await Promise.all(
+        clients.map((client, i) =>
+          i % 2 ? client.close() : (client.socket.terminate(), client.closed),
+        ),
+      );
     }
     await eventually(() => registry.size === 0);
     expect(registry.roomCount).toBe(0);
@@ -238,14 +260,19 @@ describe('shutdown', () => {
 
     const started = Date.now();
     const closing = t.app.close();
-    expect(await polite.closed).toEqual({ code: CloseCode.GoingAway, reason: 'Server shutting down' });
+    expect(await polite.closed).toEqual({
+      code: CloseCode.GoingAway,
+      reason: 'Server shutting down',
+    });
     const refused = await refusedUpgrade(t.url('/closing'));
     expect(refused.status).toBe(503);
     await closing;
     const elapsed = Date.now() - started;
     expect(elapsed).toBeGreaterThanOrEqual(450);
     expect(elapsed).toBeLessThan(3000);
-    const codes = journal.closes.filter((entry) => entry.route === 'closing').map((entry) => entry.code);
+    const codes = journal.closes
+      .filter((entry) => entry.route === 'closing')
+      .map((entry) => entry.code);
     expect(codes.sort()).toEqual([1001, 1006]);
     stubborn.destroy();
   });

@@ -108,7 +108,9 @@ describe('messages and replies', () => {
   });
 
   it('passes path params, query and headers, and sends the @OnOpen return value', async () => {
-    const client = await TestClient.open(t.url('/items/42?tag=red'), undefined, { headers: { 'x-test': 'yes' } });
+    const client = await TestClient.open(t.url('/items/42?tag=red'), undefined, {
+      headers: { 'x-test': 'yes' },
+    });
     expect(await client.nextJson()).toEqual({
       id: '42',
       tag: 'red',
@@ -165,7 +167,11 @@ describe('messages and replies', () => {
     client.emit('ws-error', 5);
     expect(await client.nextJson()).toEqual({
       event: 'exception',
-      data: { status: 'error', message: 'not allowed here', cause: { pattern: 'ws-error', data: 5 } },
+      data: {
+        status: 'error',
+        message: 'not allowed here',
+        cause: { pattern: 'ws-error', data: 5 },
+      },
     });
     client.emit('text');
     expect(await client.next()).toBe('plain text');

@@ -1,10 +1,6 @@
 import 'reflect-metadata';
 import { Controller, Get, Injectable, Module } from '@nestjs/common';
-import {
-  MessageBody as GatewayBody,
-  SubscribeMessage,
-  WebSocketGateway,
-} from '@nestjs/websockets';
+import { MessageBody as GatewayBody, SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
 import {
   ConnectedSocket,
   MessageBody,
@@ -47,7 +43,11 @@ class HealthController {
   }
 }
 
-@Module({ imports: [WsRoutesModule.forRoot()], controllers: [HealthController], providers: [LiveRoute, FilesRoute, ProtoRoute] })
+@Module({
+  imports: [WsRoutesModule.forRoot()],
+  controllers: [HealthController],
+  providers: [LiveRoute, FilesRoute, ProtoRoute],
+})
 class AppModule {}
 
 describe.each(['express', 'fastify'] as const)('on the %s platform', (platform) => {
@@ -67,7 +67,10 @@ describe.each(['express', 'fastify'] as const)('on the %s platform', (platform) 
 
       const refused = await refusedUpgrade(t.url('/nowhere'));
       expect(refused.status).toBe(404);
-      expect(JSON.parse(refused.body)).toEqual({ statusCode: 404, message: 'No WebSocket endpoint at this path' });
+      expect(JSON.parse(refused.body)).toEqual({
+        statusCode: 404,
+        message: 'No WebSocket endpoint at this path',
+      });
       expect((await refusedUpgrade(t.url('/live'))).status).toBe(404);
 
       // The open connections were not disturbed by the refusals.
@@ -100,7 +103,11 @@ describe('subprotocols', () => {
 
 describe('a separate port', () => {
   it('serves the routes on their own port and answers plain HTTP there with 426', async () => {
-    @Module({ imports: [WsRoutesModule.forRoot({ port: 0, host: '127.0.0.1' })], controllers: [HealthController], providers: [LiveRoute] })
+    @Module({
+      imports: [WsRoutesModule.forRoot({ port: 0, host: '127.0.0.1' })],
+      controllers: [HealthController],
+      providers: [LiveRoute],
+    })
     class SeparatePortModule {}
     const t = await startApp(SeparatePortModule);
     try {
@@ -161,7 +168,9 @@ class MixedModule {}
 
 describe('next to a classic @WebSocketGateway', () => {
   it('routes both through one listener with WsRoutesAdapter', async () => {
-    const t = await startApp(MixedModule, { configure: (app) => app.useWebSocketAdapter(new WsRoutesAdapter(app)) });
+    const t = await startApp(MixedModule, {
+      configure: (app) => app.useWebSocketAdapter(new WsRoutesAdapter(app)),
+    });
     try {
       const classic = await TestClient.open(t.url('/classic'));
       const live = await TestClient.open(t.url('/live/y'));

@@ -39,7 +39,9 @@ export async function startApp(
 export class CapturingLogger implements LoggerService {
   readonly lines: { level: string; text: string }[] = [];
   private push(level: string, args: unknown[]): void {
-    const text = args.map((arg) => (arg instanceof Error ? `${arg.message}\n${arg.stack}` : String(arg))).join(' ');
+    const text = args
+      .map((arg) => (arg instanceof Error ? `${arg.message}\n${arg.stack}` : String(arg)))
+      .join(' ');
     this.lines.push({ level, text });
   }
   log(...args: unknown[]): void {

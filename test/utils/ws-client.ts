@@ -16,12 +16,18 @@ export class TestClient {
       else this.received.push(message);
     });
     this.closed = new Promise((resolve) =>
-      socket.on('close', (code: number, reason: Buffer) => resolve({ code, reason: reason.toString() })),
+      socket.on('close', (code: number, reason: Buffer) =>
+        resolve({ code, reason: reason.toString() }),
+      ),
     );
     socket.on('error', () => undefined);
   }
 
-  static open(url: string, protocols?: string | string[], options?: ClientOptions): Promise<TestClient> {
+  static open(
+    url: string,
+    protocols?: string | string[],
+    options?: ClientOptions,
+  ): Promise<TestClient> {
     const socket = new WebSocket(url, protocols, options);
     const client = new TestClient(socket);
     return new Promise((resolve, reject) => {
@@ -67,7 +73,9 @@ export class TestClient {
   }
 
   send(data: string | Buffer | object): void {
-    this.socket.send(typeof data === 'string' || Buffer.isBuffer(data) ? data : JSON.stringify(data));
+    this.socket.send(
+      typeof data === 'string' || Buffer.isBuffer(data) ? data : JSON.stringify(data),
+    );
   }
 
   emit(event: string, data?: unknown): void {
@@ -94,7 +102,9 @@ export function refusedUpgrade(
     socket.on('unexpected-response', (_request, response) => {
       let body = '';
       response.on('data', (chunk: Buffer) => (body += chunk.toString()));
-      response.on('end', () => resolve({ status: response.statusCode ?? 0, body, headers: response.headers }));
+      response.on('end', () =>
+        resolve({ status: response.statusCode ?? 0, body, headers: response.headers }),
+      );
     });
     socket.on('error', (error) => reject(error));
   });
