@@ -113,6 +113,20 @@ class NoBeatRoute {
   }
 }
 
+/** Holds every message until the test opens the gate. */
+const gate = { open: undefined as (() => void) | undefined };
+
+@WsRoute('/gated', { heartbeat: false })
+class GatedRoute {
+  private opened: Promise<void> | undefined;
+  @OnMessage()
+  async message(@ConnectedSocket() conn: WsConnection, @MessageBody() body: string) {
+    this.opened ??= new Promise((resolve) => (gate.open = resolve));
+    await this.opened;
+    return body;
+  }
+}
+
 @WsRoute('/push-only')
 class PushOnlyRoute {
   @OnOpen() open() {
@@ -131,6 +145,7 @@ class PushOnlyRoute {
     BeatRoute,
     NoBeatRoute,
     PushOnlyRoute,
+    GatedRoute,
   ],
 })
 class AppModule {}
@@ -152,6 +167,17 @@ describe('connection lifecycle', () => {
     const client = await TestClient.open(t.url('/slow-open'));
     for (let i = 0; i < 5; i++) client.send(`m${i}`);
     for (let i = 0; i < 5; i++) expect(await client.next()).toBe(`ready:m${i}`);
+    await client.close();
+  });
+
+  it('pauses reading a connection with a long backlog and loses nothing, in order', async () => {
+    const client = await TestClient.open(t.url('/gated'));
+    const total = 3000;
+    for (let i = 0; i < total; i++) client.send(String(i));
+    await eventually(() => [...registry.byRoute(GatedRoute)].some((conn) => conn.socket.isPaused), 5000);
+    gate.open!();
+    for (let i = 0; i < total; i++) expect(await client.next()).toBe(String(i));
+    expect([...registry.byRoute(GatedRoute)][0].socket.isPaused).toBe(false);
     await client.close();
   });
 
