@@ -54,6 +54,9 @@ export class WsConnection<TData extends object = Record<string, any>> {
   /** Close reason once closed (`''` if none). */
   closeReason: string | undefined = undefined;
 
+  /** The peer's IP address as the TCP socket saw it (kept after the socket is gone). */
+  readonly remoteAddress: string;
+
   /** @internal Set on any sign of life; the heartbeat clears it when it pings. */
   alive = true;
   /** @internal Why the server terminated the connection, reported as the close reason. */
@@ -76,7 +79,9 @@ export class WsConnection<TData extends object = Record<string, any>> {
     /** Path parameters of the route pattern, decoded. */
     readonly params: Readonly<Record<string, string>>,
     private readonly rooms_: RoomIndex,
-  ) {}
+  ) {
+    this.remoteAddress = request.socket.remoteAddress ?? '';
+  }
 
   /** Per-connection state of the application (the authenticated user, preferences, …). */
   get data(): TData {
@@ -99,11 +104,6 @@ export class WsConnection<TData extends object = Record<string, any>> {
       this.parsedQuery = at === -1 ? {} : parseQuery(url.slice(at + 1));
     }
     return this.parsedQuery;
-  }
-
-  /** The peer's IP address as the TCP socket sees it. */
-  get remoteAddress(): string {
-    return this.request.socket.remoteAddress ?? '';
   }
 
   /** The negotiated subprotocol, or `''`. */

@@ -1,3 +1,4 @@
+import { Logger } from '@nestjs/common';
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { refuseUpgrade } from './refuse-upgrade.js';
@@ -14,10 +15,19 @@ const hubs = new WeakMap<Server, UpgradeHub>();
  * also listens for upgrades on this server; then it is left to that library.
  */
 export class UpgradeHub {
+  private static readonly logger = new Logger('WsRoutes');
   private readonly handlers: UpgradeHandler[] = [];
   private readonly listener = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {
-    for (const handler of this.handlers) {
-      if (handler(request, socket, head)) return;
+    try {
+      for (const handler of this.handlers) {
+        if (handler(request, socket, head)) return;
+      }
+    } catch (error) {
+      // An exception here would escape into the HTTP server's 'upgrade' event and end the
+      // process; one bad request must only cost its own socket.
+      UpgradeHub.logger.error(`Upgrade of ${request.url} failed`, (error as Error)?.stack);
+      refuseUpgrade(socket, 500, 'Internal server error');
+      return;
     }
     if (this.server.listenerCount('upgrade') === 1)
       refuseUpgrade(socket, 404, 'No WebSocket endpoint at this path');

@@ -174,7 +174,10 @@ describe('connection lifecycle', () => {
     const client = await TestClient.open(t.url('/gated'));
     const total = 3000;
     for (let i = 0; i < total; i++) client.send(String(i));
-    await eventually(() => [...registry.byRoute(GatedRoute)].some((conn) => conn.socket.isPaused), 5000);
+    await eventually(
+      () => [...registry.byRoute(GatedRoute)].some((conn) => conn.socket.isPaused),
+      5000,
+    );
     gate.open!();
     for (let i = 0; i < total; i++) expect(await client.next()).toBe(String(i));
     expect([...registry.byRoute(GatedRoute)][0].socket.isPaused).toBe(false);
