@@ -42,6 +42,14 @@ export const WS_ROUTES_DEFAULTS = {
   perMessageDeflate: false,
   /** Host the separate `port` listens on, when one is configured. */
   host: '0.0.0.0',
+  /** Open connections per process; beyond, upgrades get 503. */
+  maxConnections: 10_000,
+  /** Open connections per client IP; beyond, upgrades get 429. */
+  maxConnectionsPerIp: 256,
+  /** Messages per connection: 100 per second (burst 100), then close with 1008. */
+  rateLimit: { messages: 100, per: 1_000, action: 'close' },
+  /** Time to complete the upgrade request and the handshake checks. */
+  handshakeTimeout: 10_000,
 } as const;
 
 /** Metadata keys written by the decorators and read once at start-up by the explorer. */

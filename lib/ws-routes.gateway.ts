@@ -6,7 +6,9 @@ import {
   type OnApplicationShutdown,
   type OnModuleDestroy,
 } from '@nestjs/common';
-import { HttpAdapterHost } from '@nestjs/core';
+import { HttpException, type CanActivate } from '@nestjs/common';
+import { HttpAdapterHost, ModuleRef } from '@nestjs/core';
+import { parse as parseCookies } from 'cookie';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -15,26 +17,48 @@ import { SHUTDOWN_CLOSE_REASON, WS_ROUTES_DEFAULTS, CloseCode } from './ws-route
 import { WS_ROUTES_OPTIONS } from './ws-routes.module-definition.js';
 import type { WsRoutesModuleOptions } from './interfaces/ws-routes-module-options.interface.js';
 import type { HeartbeatOptions } from './interfaces/heartbeat-options.interface.js';
+import type { HandshakeGuard } from './interfaces/handshake-options.interface.js';
+import { clientIp } from './handshake/client-ip.js';
+import { ConnectionLimiter } from './handshake/connection-limiter.js';
+import {
+  createGuardChain,
+  HandshakeResponse,
+  type HandshakeRequest,
+} from './handshake/handshake-guards.js';
+import { watchHandshakes } from './handshake/handshake-timeout.js';
+import { OriginGuard } from './handshake/origin.guard.js';
 import { refuseUpgrade } from './handshake/refuse-upgrade.js';
+import { validateUpgrade } from './handshake/validate-upgrade.js';
 import { createProtocolSelector } from './handshake/select-protocol.js';
 import { UpgradeHub, type UpgradeHandler } from './handshake/upgrade-hub.js';
 import { RouteMatcher } from './routing/route-matcher.js';
 import { WsRouteExplorer, type WsRouteDefinition } from './routing/ws-route-explorer.js';
-import { WsConnection } from './connection/ws-connection.js';
+import { parseQuery, WsConnection } from './connection/ws-connection.js';
+import { RateLimiter } from './connection/rate-limiter.js';
 import { WsConnectionRegistry } from './connection/ws-connection-registry.js';
 import { Heartbeat } from './connection/heartbeat.js';
 import { RouteDispatcher } from './handlers/route-dispatcher.js';
 import { WsHandlerFactory } from './handlers/ws-handler-factory.js';
 import { WsRoutesExceptionFilter } from './handlers/ws-routes-exception-filter.js';
+import { INTERNAL_ERROR_MESSAGE } from './ws-routes.constants.js';
 
-/** A route as it runs: its `ws` server (for the protocol), dispatcher and heartbeat. */
+/** A route as it runs: its `ws` server (for the protocol), checks, dispatcher and heartbeat. */
 interface ActiveRoute {
   pattern: string;
   definition: WsRouteDefinition;
   wss: WebSocketServer;
   dispatcher: RouteDispatcher;
   heartbeat: Heartbeat | undefined;
+  /** The origin check and the handshake guards of the module and the route options. */
+  checkGuards: (request: HandshakeRequest, response: HandshakeResponse) => Promise<void>;
+  /** The class's `@UseGuards()` and the global guards. */
+  checkClassGuards: (request: HandshakeRequest, response: HandshakeResponse) => Promise<unknown>;
+  protocolRequired: boolean;
+  maxConnections: number;
 }
+
+/** Response headers a guard set, for the 101. */
+const responseHeaders = new WeakMap<IncomingMessage, Record<string, string | number>>();
 
 /**
  * Owns the WebSocket side of the application: one `upgrade` listener on the HTTP server (the
@@ -53,6 +77,10 @@ export class WsRoutesGateway
   private ownsServer = false;
   private closing = false;
   private shutdown: Promise<void> | undefined;
+  private stopWatchingHandshakes: (() => void) | undefined;
+  private readonly limiter: ConnectionLimiter;
+  private readonly trustProxy: boolean | number;
+  private readonly handshakeTimeout: number;
 
   constructor(
     @Inject(WS_ROUTES_OPTIONS) private readonly options: WsRoutesModuleOptions,
@@ -60,7 +88,15 @@ export class WsRoutesGateway
     private readonly handlerFactory: WsHandlerFactory,
     private readonly registry: WsConnectionRegistry,
     private readonly httpAdapterHost: HttpAdapterHost,
-  ) {}
+    private readonly moduleRef: ModuleRef,
+  ) {
+    this.limiter = new ConnectionLimiter(
+      options.maxConnections ?? WS_ROUTES_DEFAULTS.maxConnections,
+      options.maxConnectionsPerIp ?? WS_ROUTES_DEFAULTS.maxConnectionsPerIp,
+    );
+    this.trustProxy = options.trustProxy ?? false;
+    this.handshakeTimeout = options.handshakeTimeout ?? WS_ROUTES_DEFAULTS.handshakeTimeout;
+  }
 
   /** Address of the server the routes are served on (the separate `port`, or the app's). */
   address(): AddressInfo | null {
@@ -71,7 +107,7 @@ export class WsRoutesGateway
   async onApplicationBootstrap(): Promise<void> {
     const exceptionFilter = new WsRoutesExceptionFilter();
     for (const definition of this.explorer.explore()) {
-      const route = this.activate(definition, exceptionFilter);
+      const route = await this.activate(definition, exceptionFilter);
       this.matcher.add(route);
       this.routes.push(route);
     }
@@ -81,6 +117,8 @@ export class WsRoutesGateway
     }
     this.server = this.resolveServer();
     UpgradeHub.of(this.server).add(this.onUpgrade);
+    if (this.handshakeTimeout > 0)
+      this.stopWatchingHandshakes = watchHandshakes(this.server, this.handshakeTimeout);
     if (this.server.listenerCount('upgrade') > 1) {
       this.logger.warn(
         'Another "upgrade" listener is attached to the HTTP server. If it is @nestjs/platform-ws WsAdapter, ' +
@@ -99,6 +137,7 @@ export class WsRoutesGateway
   async onApplicationShutdown(): Promise<void> {
     await this.onModuleDestroy();
     if (this.server) UpgradeHub.of(this.server).remove(this.onUpgrade);
+    this.stopWatchingHandshakes?.();
     for (const route of this.routes) route.wss.close();
     if (this.ownsServer && this.server?.listening) {
       const server = this.server;
@@ -109,10 +148,10 @@ export class WsRoutesGateway
     }
   }
 
-  private activate(
+  private async activate(
     definition: WsRouteDefinition,
     exceptionFilter: WsRoutesExceptionFilter,
-  ): ActiveRoute {
+  ): Promise<ActiveRoute> {
     const { options: routeOptions, pattern, routeClass } = definition;
     const wss = new WebSocketServer({
       noServer: true,
@@ -126,12 +165,20 @@ export class WsRoutesGateway
       handleProtocols: createProtocolSelector(routeOptions),
     });
     const handlers = this.handlerFactory.createRouteHandlers(definition);
+    wss.on('headers', (headers: string[], request: IncomingMessage) => {
+      const extra = responseHeaders.get(request);
+      if (extra)
+        for (const [name, value] of Object.entries(extra)) headers.push(`${name}: ${value}`);
+    });
+    const rateLimit =
+      routeOptions.rateLimit ?? this.options.rateLimit ?? WS_ROUTES_DEFAULTS.rateLimit;
     const dispatcher = new RouteDispatcher(
       `${routeClass.name} (${pattern})`,
       handlers,
       this.registry,
       exceptionFilter,
       this.logger,
+      rateLimit ? new RateLimiter(rateLimit) : undefined,
     );
     const heartbeatOptions = resolveHeartbeat(
       this.options.heartbeat,
@@ -140,7 +187,35 @@ export class WsRoutesGateway
     );
     const heartbeat =
       heartbeatOptions && new Heartbeat(heartbeatOptions, () => this.registry.byRoute(pattern));
-    return { pattern, definition, wss, dispatcher, heartbeat };
+    const guards: CanActivate[] = [
+      new OriginGuard(routeOptions.origins ?? this.options.origins, this.trustProxy),
+      ...(await this.resolveGuards(this.options.guards)),
+      ...(await this.resolveGuards(routeOptions.guards)),
+    ];
+    return {
+      pattern,
+      definition,
+      wss,
+      dispatcher,
+      heartbeat,
+      checkGuards: createGuardChain(guards, routeClass, definition.instance.constructor),
+      checkClassGuards: this.handlerFactory.createHandshakeGuards(definition),
+      protocolRequired: routeOptions.requireProtocol ?? false,
+      maxConnections: routeOptions.maxConnections ?? Infinity,
+    };
+  }
+
+  private async resolveGuards(guards: HandshakeGuard[] = []): Promise<CanActivate[]> {
+    return Promise.all(
+      guards.map(async (guard) => {
+        if (typeof guard !== 'function') return guard;
+        try {
+          return this.moduleRef.get(guard, { strict: false });
+        } catch {
+          return this.moduleRef.create(guard);
+        }
+      }),
+    );
   }
 
   private resolveServer(): Server {
@@ -184,36 +259,156 @@ export class WsRoutesGateway
     try {
       found = this.matcher.match(pathname);
     } catch {
-      refuseUpgrade(socket, 400, 'Malformed percent-encoding in the path');
+      this.refuse(request, socket, 400, 'Malformed percent-encoding in the path');
       return true;
     }
     if (!found) return false;
-    if (this.closing) {
-      refuseUpgrade(socket, 503, SHUTDOWN_CLOSE_REASON, { 'Retry-After': 5 });
-      return true;
+    const problem = validateUpgrade(request);
+    if (problem) {
+      this.refuse(request, socket, problem.status, problem.message, problem.headers);
+    } else if (this.closing) {
+      this.refuse(request, socket, 503, SHUTDOWN_CLOSE_REASON, { 'Retry-After': 5 });
+    } else {
+      const query = queryAt === -1 ? {} : parseQuery(url.slice(queryAt + 1));
+      void this.handshake(found.route, request, socket, head, pathname, found.params, query);
     }
-    const { route, params } = found;
-    this.upgrade(route, request, socket, head, pathname, params);
     return true;
   };
 
-  private upgrade(
+  /**
+   * The steps between a matched path and the 101, in this order: limits (cheap, and they
+   * count half-open handshakes) → subprotocol → origin and guards (may be async) → 101 →
+   * register → `@OnOpen`. Every refusal is an HTTP answer and a log line; nothing is registered.
+   */
+  private async handshake(
     route: ActiveRoute,
     request: IncomingMessage,
     socket: Duplex,
     head: Buffer,
     pathname: string,
     params: Record<string, string>,
-  ): void {
+    query: Record<string, string | string[]>,
+  ): Promise<void> {
+    const ip = clientIp(request, this.trustProxy);
+    const exceeded = this.limiter.acquire(ip, route.pattern, route.maxConnections);
+    if (exceeded) {
+      const [status, message] =
+        exceeded === 'ip'
+          ? [429, 'Too many connections from this address']
+          : [503, 'Too many connections'];
+      this.refuse(request, socket, status, message, { 'Retry-After': exceeded === 'ip' ? 1 : 5 });
+      return;
+    }
+    let released = false;
+    const release = () => {
+      if (!released) {
+        released = true;
+        this.limiter.release(ip, route.pattern);
+      }
+    };
+    socket.once('close', release);
+
+    if (route.protocolRequired && !this.agreesOnProtocol(route, request)) {
+      this.refuse(request, socket, 400, 'No acceptable subprotocol');
+      return;
+    }
+
+    const handshakeRequest = Object.assign(request, {
+      params,
+      query,
+      ip,
+      cookies: request.headers.cookie ? parseCookies(request.headers.cookie) : {},
+    }) as HandshakeRequest;
+    const response = new HandshakeResponse();
+    const timer = setTimeout(
+      () => this.refuse(request, socket, 503, 'Handshake timed out'),
+      this.handshakeTimeout,
+    );
+    try {
+      await route.checkGuards(handshakeRequest, response);
+      await route.checkClassGuards(handshakeRequest, response);
+    } catch (error) {
+      this.refuseFor(error, request, socket, response);
+      return;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (!socket.writable) return; // the client left, or the timeout answered it
+    if (Object.keys(response.headers).length) responseHeaders.set(request, response.headers);
+
+    socket.off('close', release);
     route.wss.handleUpgrade(request, socket, head, (ws: WebSocket) => {
+      ws.once('close', release);
       if (this.closing) {
         ws.close(CloseCode.GoingAway, SHUTDOWN_CLOSE_REASON);
         return;
       }
-      const conn = new WsConnection(ws, request, route.pattern, pathname, params, this.registry);
+      const conn = new WsConnection(
+        ws,
+        request,
+        route.pattern,
+        pathname,
+        params,
+        this.registry,
+        ip,
+      );
+      if (handshakeRequest.user !== undefined) conn.data.user = handshakeRequest.user;
       this.registry.add(conn);
       route.dispatcher.attach(conn);
     });
+    // ws answered 400 itself if the request was malformed in a way validateUpgrade let through.
+    if (!socket.writable) release();
+  }
+
+  private agreesOnProtocol(route: ActiveRoute, request: IncomingMessage): boolean {
+    const header = request.headers['sec-websocket-protocol'];
+    if (!header) return false;
+    const offered = new Set(header.split(',').map((protocol) => protocol.trim()));
+    const select = route.wss.options.handleProtocols;
+    return select ? select(offered, request) !== false : false;
+  }
+
+  /** A guard said no or threw: its HTTP status and body, or a logged 500. */
+  private refuseFor(
+    error: unknown,
+    request: IncomingMessage,
+    socket: Duplex,
+    response: HandshakeResponse,
+  ): void {
+    if (error instanceof HttpException) {
+      const status = error.getStatus();
+      if (status >= 500) this.logger.error(`Upgrade of ${request.url} failed`, error.stack);
+      const body = error.getResponse();
+      this.refuse(
+        request,
+        socket,
+        status,
+        typeof body === 'string' ? body : body,
+        response.headers,
+      );
+      return;
+    }
+    this.logger.error(
+      `A handshake guard of ${request.url} threw`,
+      error instanceof Error ? error.stack : String(error),
+    );
+    this.refuse(request, socket, 500, INTERNAL_ERROR_MESSAGE, response.headers);
+  }
+
+  private refuse(
+    request: IncomingMessage,
+    socket: Duplex,
+    status: number,
+    message: string | object,
+    headers?: Record<string, string | number>,
+  ): void {
+    if (!socket.writable) return;
+    const reason =
+      typeof message === 'string' ? message : ((message as { message?: unknown }).message ?? '');
+    this.logger.warn(
+      `Refused upgrade of ${request.url} from ${clientIp(request, this.trustProxy)}: ${status} ${String(reason)}`,
+    );
+    refuseUpgrade(socket, status, message, headers);
   }
 
   private async closeConnections(): Promise<void> {

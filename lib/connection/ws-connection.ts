@@ -54,11 +54,15 @@ export class WsConnection<TData extends object = Record<string, any>> {
   /** Close reason once closed (`''` if none). */
   closeReason: string | undefined = undefined;
 
-  /** The peer's IP address as the TCP socket saw it (kept after the socket is gone). */
-  readonly remoteAddress: string;
-
   /** @internal Set on any sign of life; the heartbeat clears it when it pings. */
   alive = true;
+  /** Messages discarded by a `rateLimit` with `action: 'drop'`. */
+  droppedMessages = 0;
+  /** @internal Rate-limit bucket: tokens left and when they were counted. */
+  tokens = Infinity;
+  /** @internal */
+  tokensAt = 0;
+
   /** @internal Why the server terminated the connection, reported as the close reason. */
   terminationReason: string | undefined = undefined;
 
@@ -79,9 +83,9 @@ export class WsConnection<TData extends object = Record<string, any>> {
     /** Path parameters of the route pattern, decoded. */
     readonly params: Readonly<Record<string, string>>,
     private readonly rooms_: RoomIndex,
-  ) {
-    this.remoteAddress = request.socket.remoteAddress ?? '';
-  }
+    /** The client's IP: the TCP peer, or the forwarded address with `trustProxy`. */
+    readonly remoteAddress: string = request.socket.remoteAddress ?? '',
+  ) {}
 
   /** Per-connection state of the application (the authenticated user, preferences, …). */
   get data(): TData {
@@ -91,6 +95,11 @@ export class WsConnection<TData extends object = Record<string, any>> {
     this.data_ = value;
   }
 
+  /** The user a handshake guard authenticated (`request.user`), kept in `data.user`. */
+  get user(): unknown {
+    return (this.data_ as { user?: unknown } | undefined)?.user;
+  }
+
   /** Headers of the upgrade request (lower-case names). */
   get headers(): IncomingHttpHeaders {
     return this.request.headers;
@@ -98,6 +107,8 @@ export class WsConnection<TData extends object = Record<string, any>> {
 
   /** Query-string parameters of the upgrade URL, parsed on first use. */
   get query(): WsQueryParams {
+    const attached = (this.request as { query?: WsQueryParams }).query;
+    if (attached) return attached;
     if (this.parsedQuery === undefined) {
       const url = this.request.url ?? '';
       const at = url.indexOf('?');
@@ -181,7 +192,8 @@ export class WsConnection<TData extends object = Record<string, any>> {
   }
 }
 
-function parseQuery(search: string): WsQueryParams {
+/** Query-string parameters; a repeated key gives an array. */
+export function parseQuery(search: string): WsQueryParams {
   const query: WsQueryParams = {};
   for (const [key, value] of new URLSearchParams(search)) {
     const existing = query[key];

@@ -6,6 +6,7 @@ import type { RawData } from 'ws';
 import { CloseCode, INTERNAL_ERROR_MESSAGE } from '../ws-routes.constants.js';
 import type { WsConnection } from '../connection/ws-connection.js';
 import type { WsConnectionRegistry } from '../connection/ws-connection-registry.js';
+import type { RateLimiter } from '../connection/rate-limiter.js';
 import { truncateCloseReason } from '../connection/truncate-utf8.js';
 import type { BoundHandler, RouteHandlers, WsFilterBinding } from './ws-handler-factory.js';
 import type { WsRoutesExceptionFilter } from './ws-routes-exception-filter.js';
@@ -56,6 +57,7 @@ export class RouteDispatcher {
     private readonly registry: WsConnectionRegistry,
     private readonly defaultFilter: WsRoutesExceptionFilter,
     private readonly logger: Logger,
+    private readonly rateLimiter?: RateLimiter,
   ) {
     this.acceptsJsonEvents = handlers.events.size > 0;
   }
@@ -124,6 +126,10 @@ export class RouteDispatcher {
   private receive(session: Session, data: Buffer, isBinary: boolean): void {
     session.conn.alive = true;
     if (session.failed) return;
+    if (this.rateLimiter && !this.rateLimiter.take(session.conn)) {
+      this.overLimit(session, this.rateLimiter);
+      return;
+    }
     if (session.busy) {
       const queue = (session.queue ??= []);
       queue.push(data, isBinary);
@@ -196,6 +202,22 @@ export class RouteDispatcher {
     if (handlers.message) return { handler: handlers.message, payload: text, pattern: undefined };
     this.refuse(session, 'This route does not accept messages');
     return undefined;
+  }
+
+  /** A message over the connection's rate limit: close with 1008, or drop it and count. */
+  private overLimit(session: Session, limiter: RateLimiter): void {
+    const { conn } = session;
+    const { messages, per, action = 'close' } = limiter.options;
+    const what = `connection ${conn.id} from ${conn.remoteAddress} exceeded ${messages} messages per ${per} ms`;
+    if (action === 'drop') {
+      if (conn.droppedMessages++ === 0)
+        this.logger.warn(`${this.routeName}: ${what}; dropping messages over the limit`);
+      return;
+    }
+    this.logger.warn(`${this.routeName}: ${what}; closing with 1008`);
+    session.failed = true;
+    session.queue = undefined;
+    conn.close(CloseCode.PolicyViolation, 'Rate limit exceeded');
   }
 
   /** The message is of a kind the route cannot take at all: 1003 (RFC 6455 §7.4.1). */

@@ -118,6 +118,27 @@ export class WsHandlerFactory {
     return handlers;
   }
 
+  /**
+   * The route class's `@UseGuards()` and the global guards, to run at the upgrade with the
+   * request and a `HandshakeResponse` as arguments. Rejects with `ForbiddenException` when a
+   * guard says no, or with whatever a guard threw.
+   */
+  createHandshakeGuards(
+    route: WsRouteDefinition,
+  ): (request: object, response: object) => Promise<unknown> {
+    return this.contextCreator.create(
+      route.instance,
+      handshake,
+      HANDSHAKE_METHOD,
+      PARAM_ARGS_METADATA,
+      undefined,
+      STATIC_CONTEXT,
+      undefined,
+      { guards: true, interceptors: false, filters: false },
+      'ws',
+    ) as (request: object, response: object) => Promise<unknown>;
+  }
+
   private bind(route: WsRouteDefinition, methodName: string): BoundHandler {
     const instance = route.instance as Record<string, Function>;
     const callback = instance[methodName] as (...args: unknown[]) => unknown;
@@ -147,6 +168,12 @@ export class WsHandlerFactory {
     const moduleKey = this.contextCreator.getContextModuleKey(route.routeClass);
     return source.create(route.instance, callback, moduleKey, STATIC_CONTEXT).filters ?? [];
   }
+}
+
+/** What `context.getHandler()` is for guards at the upgrade: no method of the route runs yet. */
+const HANDSHAKE_METHOD = 'handshake';
+function handshake(): boolean {
+  return true;
 }
 
 function describe(kind: WsHandlerKind, event: string | undefined): string {

@@ -1,6 +1,8 @@
 import { Logger } from '@nestjs/common';
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
+import { handshakeArrived } from './handshake-timeout.js';
 import { refuseUpgrade } from './refuse-upgrade.js';
 
 /** Takes an upgrade request and returns `true`, or returns `false` to pass it on. */
@@ -18,6 +20,7 @@ export class UpgradeHub {
   private static readonly logger = new Logger('WsRoutes');
   private readonly handlers: UpgradeHandler[] = [];
   private readonly listener = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    handshakeArrived(socket as Socket);
     try {
       for (const handler of this.handlers) {
         if (handler(request, socket, head)) return;

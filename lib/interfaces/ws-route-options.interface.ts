@@ -1,5 +1,10 @@
 import type { IncomingMessage } from 'node:http';
 import type { PerMessageDeflateOptions } from 'ws';
+import type {
+  HandshakeGuard,
+  OriginPolicy,
+  RateLimitOptions,
+} from './handshake-options.interface.js';
 import type { HeartbeatOptions } from './heartbeat-options.interface.js';
 
 /**
@@ -23,4 +28,20 @@ export interface WsRouteOptions {
    * chosen one, or `false` to open without a subprotocol. Takes precedence over `subprotocols`.
    */
   selectProtocol?: (offered: readonly string[], request: IncomingMessage) => string | false;
+  /**
+   * Refuse the upgrade with 400 when no subprotocol could be agreed (none offered, or none
+   * acceptable), instead of opening without one. Default `false`.
+   */
+  requireProtocol?: boolean;
+  /** Browser origins allowed to connect to this route; overrides the module's `origins`. */
+  origins?: OriginPolicy;
+  /**
+   * Guards run at the upgrade, before the 101, after the origin check and the module's
+   * `guards`, before the class's `@UseGuards()`.
+   */
+  guards?: HandshakeGuard[];
+  /** Most open connections on this route; more are refused with 503. Default: unlimited. */
+  maxConnections?: number;
+  /** Message rate limit per connection, or `false` for none; overrides the module's. */
+  rateLimit?: RateLimitOptions | false;
 }

@@ -1,5 +1,10 @@
 import type { PerMessageDeflateOptions } from 'ws';
 import type { BroadcastTransport } from '../broadcast/broadcast-transport.interface.js';
+import type {
+  HandshakeGuard,
+  OriginPolicy,
+  RateLimitOptions,
+} from './handshake-options.interface.js';
 import type { HeartbeatOptions } from './heartbeat-options.interface.js';
 
 /** Options of `WsRoutesModule.forRoot()`; all optional, defaults in `WS_ROUTES_DEFAULTS`. */
@@ -24,4 +29,25 @@ export interface WsRoutesModuleOptions {
    * to reach the connections of every instance.
    */
   broadcastTransport?: BroadcastTransport;
+  /** Browser origins allowed to connect. Default: same origin only. */
+  origins?: OriginPolicy;
+  /** Guards run at the upgrade of every route, after the origin check. */
+  guards?: HandshakeGuard[];
+  /** Most open connections of this process; more are refused with 503. Default 10 000. */
+  maxConnections?: number;
+  /** Most open connections from one client IP; more are refused with 429. Default 256. */
+  maxConnectionsPerIp?: number;
+  /**
+   * Take the client IP from `X-Forwarded-For`: `true` trusts the whole header (its left-most
+   * address is the client), a number trusts that many proxy hops from the right. Default
+   * `false`: the TCP peer is the client. Only enable it behind a proxy that sets the header.
+   */
+  trustProxy?: boolean | number;
+  /** Per-connection message rate limit. Default 100 messages per second, then close with 1008. */
+  rateLimit?: RateLimitOptions | false;
+  /**
+   * Milliseconds a client has, from opening the TCP connection, to complete the upgrade
+   * request, and for the handshake checks to finish. Default 10 000.
+   */
+  handshakeTimeout?: number;
 }

@@ -116,7 +116,7 @@ class NoBeatRoute {
 /** Holds every message until the test opens the gate. */
 const gate = { open: undefined as (() => void) | undefined };
 
-@WsRoute('/gated', { heartbeat: false })
+@WsRoute('/gated', { heartbeat: false, rateLimit: false })
 class GatedRoute {
   private opened: Promise<void> | undefined;
   @OnMessage()
