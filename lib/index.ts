@@ -3,6 +3,12 @@ export * from './interfaces/index.js';
 export * from './decorators/index.js';
 export { UpgradeHub, type UpgradeHandler } from './handshake/upgrade-hub.js';
 export {
+  HandshakeResponse,
+  isWsHandshake,
+  type HandshakeRequest,
+} from './handshake/handshake-guards.js';
+export { OriginGuard, ORIGIN_REFUSED_MESSAGE, isSameOrigin } from './handshake/origin.guard.js';
+export {
   WsConnection,
   type WsSendOptions,
   type WsQueryParams,

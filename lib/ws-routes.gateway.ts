@@ -190,7 +190,7 @@ export class WsRoutesGateway
     const guards: CanActivate[] = [
       new OriginGuard(routeOptions.origins ?? this.options.origins, this.trustProxy),
       ...(await this.resolveGuards(this.options.guards)),
-      ...(await this.resolveGuards(routeOptions.guards)),
+      ...(await this.resolveGuards(routeOptions.guards, definition.moduleRef)),
     ];
     return {
       pattern,
@@ -199,20 +199,28 @@ export class WsRoutesGateway
       dispatcher,
       heartbeat,
       checkGuards: createGuardChain(guards, routeClass, definition.instance.constructor),
-      checkClassGuards: this.handlerFactory.createHandshakeGuards(definition),
+      checkClassGuards: handlers.handshake,
       protocolRequired: routeOptions.requireProtocol ?? false,
       maxConnections: routeOptions.maxConnections ?? Infinity,
     };
   }
 
-  private async resolveGuards(guards: HandshakeGuard[] = []): Promise<CanActivate[]> {
+  /**
+   * Guard classes of the options: the provider if one is registered anywhere, otherwise an
+   * instance created with injection in the module that provides the route (or, for the
+   * module-wide guards, in this module).
+   */
+  private async resolveGuards(
+    guards: HandshakeGuard[] = [],
+    host = this.moduleRef,
+  ): Promise<CanActivate[]> {
     return Promise.all(
       guards.map(async (guard) => {
         if (typeof guard !== 'function') return guard;
         try {
           return this.moduleRef.get(guard, { strict: false });
         } catch {
-          return this.moduleRef.create(guard);
+          return host.create(guard);
         }
       }),
     );

@@ -1,5 +1,6 @@
 import { Injectable, type ExceptionFilter } from '@nestjs/common';
 import { ExternalContextCreator } from '@nestjs/core';
+import { GUARDS_METADATA } from '@nestjs/common/constants.js';
 import { STATIC_CONTEXT } from '@nestjs/core/injector/constants.js';
 import { PARAM_ARGS_METADATA } from '@nestjs/websockets/constants.js';
 import { WsParamtype } from '@nestjs/websockets/enums/ws-paramtype.enum.js';
@@ -32,8 +33,12 @@ export interface BoundHandler {
   filters: WsFilterBinding[];
 }
 
+/** Runs the class and global guards at the upgrade, with the request and a `HandshakeResponse`. */
+export type HandshakeInvoker = (request: object, response: object) => Promise<unknown>;
+
 /** Every handler of one route, resolved at start-up. */
 export interface RouteHandlers {
+  handshake: HandshakeInvoker;
   open?: BoundHandler;
   /** `@OnMessage()`: messages no event handler claimed. */
   message?: BoundHandler;
@@ -100,7 +105,11 @@ export class WsHandlerFactory {
   }
 
   createRouteHandlers(route: WsRouteDefinition): RouteHandlers {
-    const handlers: RouteHandlers = { events: new Map() };
+    // First: it takes the class's guards off the class, so the handlers below do not run them.
+    const handlers: RouteHandlers = {
+      events: new Map(),
+      handshake: this.createHandshakeGuards(route),
+    };
     const taken = new Map<string, string>();
     for (const definition of route.handlers) {
       const slot = definition.event === undefined ? definition.kind : `message:${definition.event}`;
@@ -122,10 +131,22 @@ export class WsHandlerFactory {
    * The route class's `@UseGuards()` and the global guards, to run at the upgrade with the
    * request and a `HandshakeResponse` as arguments. Rejects with `ForbiddenException` when a
    * guard says no, or with whatever a guard threw.
+   *
+   * Class guards authenticate the connection once, at the upgrade; running them again before
+   * every handler would call guards written for the request with a connection, and verify a
+   * token per message. So they move from the class to the handshake: Nest reads class guards
+   * from the class itself, and this is the one place that knows the class is a route.
    */
-  createHandshakeGuards(
-    route: WsRouteDefinition,
-  ): (request: object, response: object) => Promise<unknown> {
+  private createHandshakeGuards(route: WsRouteDefinition): HandshakeInvoker {
+    const { routeClass } = route;
+    const handshake = function handshake(): boolean {
+      return true;
+    };
+    const classGuards: unknown[] | undefined = Reflect.getMetadata(GUARDS_METADATA, routeClass);
+    if (classGuards?.length) {
+      Reflect.defineMetadata(GUARDS_METADATA, classGuards, handshake);
+      Reflect.deleteMetadata(GUARDS_METADATA, routeClass);
+    }
     return this.contextCreator.create(
       route.instance,
       handshake,
@@ -136,7 +157,7 @@ export class WsHandlerFactory {
       undefined,
       { guards: true, interceptors: false, filters: false },
       'ws',
-    ) as (request: object, response: object) => Promise<unknown>;
+    ) as HandshakeInvoker;
   }
 
   private bind(route: WsRouteDefinition, methodName: string): BoundHandler {
@@ -170,11 +191,8 @@ export class WsHandlerFactory {
   }
 }
 
-/** What `context.getHandler()` is for guards at the upgrade: no method of the route runs yet. */
+/** Name under which the handshake's guard context is cached; no method of the route runs yet. */
 const HANDSHAKE_METHOD = 'handshake';
-function handshake(): boolean {
-  return true;
-}
 
 function describe(kind: WsHandlerKind, event: string | undefined): string {
   if (event !== undefined) return `@OnMessage('${event}')`;

@@ -1,5 +1,5 @@
 import { Injectable, Logger, type Type } from '@nestjs/common';
-import { DiscoveryService, MetadataScanner } from '@nestjs/core';
+import { DiscoveryService, MetadataScanner, ModuleRef } from '@nestjs/core';
 import { WS_ROUTE_HANDLER_METADATA, WS_ROUTE_METADATA } from '../ws-routes.constants.js';
 import type { WsRouteMetadata } from '../decorators/ws-route.decorator.js';
 import type { WsHandlerMetadata } from '../decorators/ws-lifecycle.decorators.js';
@@ -17,6 +17,8 @@ export interface WsRouteDefinition {
   instance: object;
   options: WsRouteOptions;
   handlers: WsHandlerDefinition[];
+  /** The module that provides the route class, to instantiate its option guards in. */
+  moduleRef: ModuleRef | undefined;
 }
 
 /**
@@ -55,6 +57,9 @@ export class WsRouteExplorer {
         instance,
         options: metadata.options,
         handlers: this.exploreHandlers(instance),
+        moduleRef: (
+          wrapper.host as { providers?: Map<unknown, { instance: unknown }> } | undefined
+        )?.providers?.get(ModuleRef)?.instance as ModuleRef | undefined,
       });
       this.logger.log(`Mapped WebSocket route ${metadata.path} (${metatype.name})`);
     }
