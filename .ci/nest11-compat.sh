@@ -41,7 +41,7 @@ nest11=(
 
 log "copying $repo_root to $scratch"
 tar -C "$repo_root" \
-  --exclude='./node_modules' --exclude='./dist' --exclude='./dist-*' \
+  --exclude='node_modules' --exclude='./dist' --exclude='./dist-*' \
   --exclude='./coverage' --exclude='./.git' \
   -cf - . | tar -C "$scratch" -xf -
 
@@ -55,20 +55,20 @@ log "npm install ${nest11[*]}"
 # Saved to the scratch copy's package.json so that npm keeps a consistent tree.
 npm install "${npm_flags[@]}" --save-dev "${nest11[@]}"
 
-# Make sure the swap happened: every @nestjs package that Node resolves must be 11.x.
-node --input-type=module -e '
-  import { createRequire } from "node:module";
-  const require = createRequire(process.cwd() + "/");
+# Make sure the swap happened: every @nestjs package in the tree must be 11.x. (Read from disk:
+# Nest 12's export maps do not all expose package.json.)
+node -e '
+  const fs = require("node:fs");
   const names = ["common", "core", "websockets", "platform-ws", "platform-express", "platform-fastify"];
   let wrong = 0;
   for (const name of names) {
-    const { version } = require(`@nestjs/${name}/package.json`);
+    const { version } = JSON.parse(fs.readFileSync(`node_modules/@nestjs/${name}/package.json`, "utf8"));
     console.log(`  @nestjs/${name}@${version}`);
     if (!version.startsWith("11.")) wrong++;
   }
   if (wrong) { console.error("nest11-compat: a @nestjs package is not 11.x"); process.exit(1); }
 '
-nested="$(find node_modules -mindepth 3 -path '*/node_modules/@nestjs/*' -maxdepth 6 -name package.json 2>/dev/null || true)"
+nested="$(find node_modules -mindepth 5 -maxdepth 6 -path '*/node_modules/@nestjs/*/package.json' || true)"
 if [[ -n "$nested" ]]; then
   log "warning: nested @nestjs copies (more than one Nest in the tree):"
   echo "$nested"

@@ -15,6 +15,7 @@ export {
 } from './connection/ws-connection.js';
 export { WsConnectionRegistry } from './connection/ws-connection-registry.js';
 export { HEARTBEAT_TIMEOUT_REASON } from './connection/heartbeat.js';
+export type { OutboundPolicy } from './connection/outbound.js';
 export { WsRoutesExceptionFilter } from './handlers/ws-routes-exception-filter.js';
 export * from './broadcast/index.js';
 export { WsRoutesGateway } from './ws-routes.gateway.js';

@@ -50,6 +50,12 @@ export const WS_ROUTES_DEFAULTS = {
   rateLimit: { messages: 100, per: 1_000, action: 'close' },
   /** Time to complete the upgrade request and the handshake checks. */
   handshakeTimeout: 10_000,
+  /** Outgoing bytes a connection may have queued before the slow-consumer policy applies. */
+  maxBufferedAmount: 1024 * 1024,
+  /** Outgoing buffer level above which volatile messages skip a connection. */
+  lowWatermark: 64 * 1024,
+  /** What happens to a connection over `maxBufferedAmount`. */
+  slowConsumer: 'close',
 } as const;
 
 /** Metadata keys written by the decorators and read once at start-up by the explorer. */

@@ -35,6 +35,7 @@ import { RouteMatcher } from './routing/route-matcher.js';
 import { WsRouteExplorer, type WsRouteDefinition } from './routing/ws-route-explorer.js';
 import { parseQuery, WsConnection } from './connection/ws-connection.js';
 import { RateLimiter } from './connection/rate-limiter.js';
+import type { OutboundPolicy } from './connection/outbound.js';
 import { WsConnectionRegistry } from './connection/ws-connection-registry.js';
 import { Heartbeat } from './connection/heartbeat.js';
 import { RouteDispatcher } from './handlers/route-dispatcher.js';
@@ -54,6 +55,7 @@ interface ActiveRoute {
   /** The class's `@UseGuards()` and the global guards. */
   checkClassGuards: (request: HandshakeRequest, response: HandshakeResponse) => Promise<unknown>;
   protocolRequired: boolean;
+  outbound: OutboundPolicy;
   maxConnections: number;
 }
 
@@ -202,6 +204,16 @@ export class WsRoutesGateway
       checkClassGuards: handlers.handshake,
       protocolRequired: routeOptions.requireProtocol ?? false,
       maxConnections: routeOptions.maxConnections ?? Infinity,
+      outbound: {
+        maxBufferedAmount:
+          routeOptions.maxBufferedAmount ??
+          this.options.maxBufferedAmount ??
+          WS_ROUTES_DEFAULTS.maxBufferedAmount,
+        lowWatermark:
+          routeOptions.lowWatermark ?? this.options.lowWatermark ?? WS_ROUTES_DEFAULTS.lowWatermark,
+        slowConsumer:
+          routeOptions.slowConsumer ?? this.options.slowConsumer ?? WS_ROUTES_DEFAULTS.slowConsumer,
+      },
     };
   }
 
@@ -359,6 +371,7 @@ export class WsRoutesGateway
         params,
         this.registry,
         ip,
+        route.outbound,
       );
       if (handshakeRequest.user !== undefined) conn.data.user = handshakeRequest.user;
       this.registry.add(conn);

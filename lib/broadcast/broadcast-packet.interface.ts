@@ -16,6 +16,8 @@ export interface BroadcastPacket {
   payload: string | Buffer;
   /** `true`: binary frame, `false`: text frame. */
   binary: boolean;
+  /** Skip connections whose outgoing buffer is above the low watermark. */
+  volatile?: boolean;
 }
 
 /** Whether the packet names no target and so goes to every connection. */

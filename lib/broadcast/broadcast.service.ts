@@ -15,7 +15,7 @@ import { createLocalDelivery } from './local-delivery.js';
 /** Injection token of the {@link BroadcastTransport} in use. */
 export const BROADCAST_TRANSPORT = Symbol('nestjs-ws-routes:broadcast-transport');
 
-type Target = Omit<BroadcastPacket, 'payload' | 'binary'>;
+type Target = Pick<BroadcastPacket, 'routes' | 'rooms' | 'connections' | 'except'>;
 
 /**
  * A broadcast being addressed. Every method returns a new operator, so a partly addressed
@@ -51,12 +51,15 @@ export class BroadcastOperator {
 
   /**
    * Sends the message to every addressed connection: serialized and encoded once, whatever the
-   * number of recipients. A string is text, bytes binary, anything else JSON text. Returns how
-   * many connections of this process it was written to.
+   * number of recipients. A string is text, bytes binary, anything else JSON text. With
+   * `volatile`, connections that are behind (buffer above the low watermark) are skipped.
+   * Returns how many connections of this process it was written to.
    */
   send(message: unknown, options?: WsSendOptions): number {
     const { payload, binary } = encodeMessage(message, options?.binary);
-    return this.transport.publish({ ...this.target, payload, binary });
+    const packet: BroadcastPacket = { ...this.target, payload, binary };
+    if (options?.volatile) packet.volatile = true;
+    return this.transport.publish(packet);
   }
 
   private with(key: keyof Target, values: string[]): BroadcastOperator {

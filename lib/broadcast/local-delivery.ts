@@ -1,26 +1,30 @@
 import type { WsConnection } from '../connection/ws-connection.js';
 import type { WsConnectionRegistry } from '../connection/ws-connection-registry.js';
+import { frameMessage } from '../connection/outbound.js';
 import { isForEveryone, type BroadcastPacket } from './broadcast-packet.interface.js';
 import type { LocalDelivery } from './broadcast-transport.interface.js';
 
 const OPEN = 1;
 
 /**
- * Delivers packets to this process's connections. The payload is turned into bytes once per
- * broadcast and the same Buffer goes to every socket; a connection named by several targets
- * (two rooms, a room and its route) receives the message once.
+ * Delivers packets to this process's connections. The payload is turned into bytes and framed
+ * once per broadcast, and the same frame goes to every socket (corked until the end of the
+ * turn); a connection named by several targets (two rooms, a room and its route) receives the
+ * message once.
  */
 export function createLocalDelivery(registry: WsConnectionRegistry): LocalDelivery {
   return (packet) => {
     const payload =
       typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
-    const options = { binary: packet.binary };
+    const { binary } = packet;
+    const volatile = packet.volatile ?? false;
     const except = packet.except?.length ? new Set(packet.except) : undefined;
+    let frame: Buffer | undefined;
     let delivered = 0;
     for (const conn of recipients(registry, packet)) {
       if (conn.readyState !== OPEN || except?.has(conn.id)) continue;
-      conn.socket.send(payload, options);
-      delivered++;
+      frame ??= frameMessage(payload, binary);
+      if (conn.deliver(payload, binary, frame, volatile)) delivered++;
     }
     return delivered;
   };

@@ -46,7 +46,9 @@ export class Heartbeat {
 
   private terminateSilent(): void {
     for (const conn of [...this.connections()]) {
-      if (!conn.alive && conn.readyState === WsConnection.OPEN) {
+      // A connection with bytes still queued may not even have received the ping yet: the
+      // slow-consumer policy judges it, not the heartbeat.
+      if (!conn.alive && conn.readyState === WsConnection.OPEN && conn.bufferedAmount === 0) {
         conn.terminate(HEARTBEAT_TIMEOUT_REASON);
       }
     }

@@ -3,6 +3,7 @@ import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { WebSocket } from 'ws';
 import { CloseCode } from '../ws-routes.constants.js';
 import { encodeMessage } from './encode-message.js';
+import { corkForThisTurn, rawSocket, writeFrame, type OutboundPolicy } from './outbound.js';
 import { truncateCloseReason } from './truncate-utf8.js';
 
 /** Where a connection's room changes are recorded; implemented by `WsConnectionRegistry`. */
@@ -15,7 +16,19 @@ export interface RoomIndex {
 export interface WsSendOptions {
   /** Force the frame type: `true` binary, `false` text. Default: by the value's type. */
   binary?: boolean;
+  /**
+   * Skip connections whose outgoing buffer is above the low watermark instead of queueing
+   * more for them: for messages a newer one replaces anyway (prices, positions, cursors).
+   */
+  volatile?: boolean;
 }
+
+/** No limits: connections created outside a route (never, in practice) and tests. */
+const UNLIMITED: OutboundPolicy = {
+  maxBufferedAmount: Infinity,
+  lowWatermark: Infinity,
+  slowConsumer: 'drop',
+};
 
 /** Query-string values; a repeated key gives an array. */
 export type WsQueryParams = Record<string, string | string[]>;
@@ -56,8 +69,16 @@ export class WsConnection<TData extends object = Record<string, any>> {
 
   /** @internal Set on any sign of life; the heartbeat clears it when it pings. */
   alive = true;
-  /** Messages discarded by a `rateLimit` with `action: 'drop'`. */
+  /**
+   * Messages not delivered on purpose: incoming ones over a `rateLimit` with `action: 'drop'`,
+   * outgoing ones skipped as `volatile` or by the `'drop'` slow-consumer policy.
+   */
   droppedMessages = 0;
+  /** @internal Called once the outgoing buffer drained after passing the low watermark. */
+  onDrain: (() => void) | undefined = undefined;
+  /** @internal Called when the outgoing buffer passes `maxBufferedAmount`. */
+  onOverflow: ((policy: OutboundPolicy) => void) | undefined = undefined;
+  private drainArmed = false;
   /** @internal Rate-limit bucket: tokens left and when they were counted. */
   tokens = Infinity;
   /** @internal */
@@ -85,6 +106,7 @@ export class WsConnection<TData extends object = Record<string, any>> {
     private readonly rooms_: RoomIndex,
     /** The client's IP: the TCP peer, or the forwarded address with `trustProxy`. */
     readonly remoteAddress: string = request.socket.remoteAddress ?? '',
+    private readonly outbound: OutboundPolicy = UNLIMITED,
   ) {}
 
   /** Per-connection state of the application (the authenticated user, preferences, …). */
@@ -163,8 +185,60 @@ export class WsConnection<TData extends object = Record<string, any>> {
   send(message: unknown, options?: WsSendOptions): boolean {
     if (this.socket.readyState !== WsConnection.OPEN) return false;
     const { payload, binary } = encodeMessage(message, options?.binary);
-    this.socket.send(payload, { binary });
+    return this.deliver(payload, binary, undefined, options?.volatile ?? false);
+  }
+
+  /**
+   * @internal The one write path of every outgoing message: backpressure first, then the
+   * frame built once by a broadcast if it can go straight to the socket, else `ws.send()`;
+   * both corked until the end of the turn. Returns whether the message was queued.
+   */
+  deliver(
+    payload: string | Buffer,
+    binary: boolean,
+    frame: Buffer | undefined,
+    volatile: boolean,
+  ): boolean {
+    const { socket, outbound } = this;
+    const buffered = socket.bufferedAmount;
+    if (buffered > outbound.lowWatermark) {
+      if (volatile) {
+        this.droppedMessages++;
+        return false;
+      }
+      if (buffered > outbound.maxBufferedAmount) {
+        this.onOverflow?.(outbound);
+        if (outbound.slowConsumer === 'drop') this.droppedMessages++;
+        else this.close(CloseCode.TryAgainLater, 'Slow consumer');
+        return false;
+      }
+    }
+    if (!frame || !writeFrame(socket, frame)) {
+      const raw = rawSocket(socket);
+      if (raw) corkForThisTurn(raw);
+      socket.send(payload, { binary });
+    }
+    if (!this.drainArmed && this.onDrain && socket.bufferedAmount > outbound.lowWatermark)
+      this.armDrain();
     return true;
+  }
+
+  private armDrain(): void {
+    const raw = rawSocket(this.socket);
+    if (!raw) return;
+    this.drainArmed = true;
+    raw.once('drain', () => {
+      this.drainArmed = false;
+      if (this.readyState === WsConnection.OPEN) this.onDrain?.();
+    });
+  }
+
+  /**
+   * Sends `{"event": event, "data": data}` as JSON text: the envelope that
+   * `@OnMessage('event')` handlers receive, for clients that speak it too.
+   */
+  emit(event: string, data?: unknown): boolean {
+    return this.send({ event, data });
   }
 
   /**

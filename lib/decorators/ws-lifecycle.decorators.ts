@@ -1,7 +1,7 @@
 import { WS_ROUTE_HANDLER_METADATA } from '../ws-routes.constants.js';
 
 /** Which moment of a connection's life a handler answers. */
-export type WsHandlerKind = 'open' | 'message' | 'close' | 'error' | 'ping' | 'pong';
+export type WsHandlerKind = 'open' | 'message' | 'close' | 'error' | 'ping' | 'pong' | 'drain';
 
 /** What the lifecycle decorators record on a method. */
 export interface WsHandlerMetadata {
@@ -72,3 +72,10 @@ export const OnPing = (): MethodDecorator => handlerDecorator({ kind: 'ping' });
  * Arguments without parameter decorators: `(conn: WsConnection, payload: Buffer)`.
  */
 export const OnPong = (): MethodDecorator => handlerDecorator({ kind: 'pong' });
+
+/**
+ * Runs when a connection's outgoing buffer has drained after passing the low watermark: the
+ * moment to resume a stream that was paused for a slow consumer.
+ * Arguments without parameter decorators: `(conn: WsConnection)`.
+ */
+export const OnDrain = (): MethodDecorator => handlerDecorator({ kind: 'drain' });

@@ -87,6 +87,18 @@ export class RouteDispatcher {
       conn.alive = true;
       if (this.handlers.ping) this.runHook(this.handlers.ping, conn, payload);
     });
+    const drain = this.handlers.drain;
+    if (drain) conn.onDrain = () => void this.runHook(drain, conn, undefined);
+    conn.onOverflow = (policy) => {
+      if (conn.droppedMessages === 0 || policy.slowConsumer === 'close') {
+        this.logger.warn(
+          `${this.routeName}: connection ${conn.id} has over ${policy.maxBufferedAmount} bytes waiting to be sent; ` +
+            (policy.slowConsumer === 'close'
+              ? 'closing it with 1013'
+              : 'dropping messages until it catches up'),
+        );
+      }
+    };
     if (this.handlers.open) this.open(session, this.handlers.open);
   }
 

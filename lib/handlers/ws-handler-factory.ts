@@ -47,6 +47,7 @@ export interface RouteHandlers {
   error?: BoundHandler;
   ping?: BoundHandler;
   pong?: BoundHandler;
+  drain?: BoundHandler;
 }
 
 type Args = [WsConnection, unknown, string | undefined];

@@ -44,4 +44,10 @@ export interface WsRouteOptions {
   maxConnections?: number;
   /** Message rate limit per connection, or `false` for none; overrides the module's. */
   rateLimit?: RateLimitOptions | false;
+  /** Outgoing bytes a connection may have queued; see the module option. */
+  maxBufferedAmount?: number;
+  /** Outgoing buffer level above which `volatile` messages skip a connection. */
+  lowWatermark?: number;
+  /** What to do with a connection over `maxBufferedAmount`. */
+  slowConsumer?: 'close' | 'drop';
 }

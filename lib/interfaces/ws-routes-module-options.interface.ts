@@ -50,4 +50,16 @@ export interface WsRoutesModuleOptions {
    * request, and for the handshake checks to finish. Default 10 000.
    */
   handshakeTimeout?: number;
+  /**
+   * Outgoing bytes a connection may have queued (a client that does not read). Beyond it the
+   * `slowConsumer` policy applies, so one stuck client cannot grow server memory. Default 1 MiB.
+   */
+  maxBufferedAmount?: number;
+  /** Outgoing buffer level above which `volatile` messages skip a connection. Default 64 KiB. */
+  lowWatermark?: number;
+  /**
+   * `'close'` (default): close a connection over `maxBufferedAmount` with 1013; `'drop'`:
+   * skip its messages (counted in `conn.droppedMessages`) until it catches up.
+   */
+  slowConsumer?: 'close' | 'drop';
 }
