@@ -39,24 +39,14 @@ export function frameMessage(payload: Buffer, binary: boolean): Buffer {
 }
 
 /**
- * Writes a pre-built frame straight to the TCP socket when that cannot reorder anything:
+ * Whether a pre-built frame may go straight to the TCP socket without reordering anything:
  * `ws`'s sender is idle (nothing waiting for compression or a Blob) and the connection does
- * not use per-message deflate (whose frames must be compressed per socket). Returns `false`
- * when the caller must go through `ws.send()` instead.
+ * not use per-message deflate (whose frames must be compressed per socket). Otherwise the
+ * message goes through `ws.send()`.
  */
-export function writeFrame(ws: WebSocket, frame: Buffer): boolean {
+export function canWriteFrame(ws: WebSocket): boolean {
   const internals = ws as unknown as WsInternals;
-  const socket = internals._socket;
-  if (
-    !socket ||
-    internals._sender._state !== SENDER_IDLE ||
-    internals._extensions['permessage-deflate']
-  ) {
-    return false;
-  }
-  corkForThisTurn(socket);
-  socket.write(frame);
-  return true;
+  return internals._sender._state === SENDER_IDLE && !internals._extensions['permessage-deflate'];
 }
 
 const corked: Socket[] = [];
@@ -68,11 +58,12 @@ let flushScheduled = false;
  * to it in the turn (replies, broadcasts, a burst of 200 of them) leaves in one `writev`
  * syscall. Each socket write costs ~13–15 µs of kernel time; this is the main saving of a
  * broadcast burst, the same thing uWebSockets.js's `cork` does. Order is untouched: cork
- * only batches the writes, in the order they were made.
+ * only batches the writes, in the order they were made. Returns `true` for the first call of
+ * the turn on this socket.
  */
-export function corkForThisTurn(socket: Socket): void {
+export function corkForThisTurn(socket: Socket): boolean {
   const flagged = socket as Socket & { [kCorked]?: boolean };
-  if (flagged[kCorked]) return;
+  if (flagged[kCorked]) return false;
   flagged[kCorked] = true;
   socket.cork();
   corked.push(socket);
@@ -80,6 +71,7 @@ export function corkForThisTurn(socket: Socket): void {
     flushScheduled = true;
     setImmediate(uncorkAll);
   }
+  return true;
 }
 
 function uncorkAll(): void {

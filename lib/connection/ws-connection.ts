@@ -3,7 +3,7 @@ import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { WebSocket } from 'ws';
 import { CloseCode } from '../ws-routes.constants.js';
 import { encodeMessage } from './encode-message.js';
-import { corkForThisTurn, rawSocket, writeFrame, type OutboundPolicy } from './outbound.js';
+import { canWriteFrame, corkForThisTurn, rawSocket, type OutboundPolicy } from './outbound.js';
 import { truncateCloseReason } from './truncate-utf8.js';
 
 /** Where a connection's room changes are recorded; implemented by `WsConnectionRegistry`. */
@@ -79,6 +79,8 @@ export class WsConnection<TData extends object = Record<string, any>> {
   /** @internal Called when the outgoing buffer passes `maxBufferedAmount`. */
   onOverflow: ((policy: OutboundPolicy) => void) | undefined = undefined;
   private drainArmed = false;
+  /** Outgoing bytes queued before this turn's first write; what backpressure judges. */
+  private backlog = 0;
   /** @internal Rate-limit bucket: tokens left and when they were counted. */
   tokens = Infinity;
   /** @internal */
@@ -200,24 +202,25 @@ export class WsConnection<TData extends object = Record<string, any>> {
     volatile: boolean,
   ): boolean {
     const { socket, outbound } = this;
-    const buffered = socket.bufferedAmount;
-    if (buffered > outbound.lowWatermark) {
+    const raw = rawSocket(socket);
+    if (!raw) return false;
+    // Backpressure judges what is still queued from earlier turns: bytes written in this turn
+    // wait for the uncork by design, and a burst is not a slow consumer.
+    if (corkForThisTurn(raw)) this.backlog = socket.bufferedAmount;
+    if (this.backlog > outbound.lowWatermark) {
       if (volatile) {
         this.droppedMessages++;
         return false;
       }
-      if (buffered > outbound.maxBufferedAmount) {
+      if (this.backlog > outbound.maxBufferedAmount) {
         this.onOverflow?.(outbound);
         if (outbound.slowConsumer === 'drop') this.droppedMessages++;
         else this.close(CloseCode.TryAgainLater, 'Slow consumer');
         return false;
       }
     }
-    if (!frame || !writeFrame(socket, frame)) {
-      const raw = rawSocket(socket);
-      if (raw) corkForThisTurn(raw);
-      socket.send(payload, { binary });
-    }
+    if (frame && canWriteFrame(socket)) raw.write(frame);
+    else socket.send(payload, { binary });
     if (!this.drainArmed && this.onDrain && socket.bufferedAmount > outbound.lowWatermark)
       this.armDrain();
     return true;

@@ -28,6 +28,8 @@ interface Session {
   busy: boolean;
   /** `@OnOpen` threw: nothing else runs for this connection. */
   failed: boolean;
+  /** Set when the connection must close once the messages it already accepted are answered. */
+  closeWhenIdle: { code: number; reason: string } | undefined;
   paused: boolean;
   /** Waiting messages as flat pairs: data, isBinary. */
   queue: (Buffer | boolean)[] | undefined;
@@ -68,6 +70,7 @@ export class RouteDispatcher {
       conn,
       busy: false,
       failed: false,
+      closeWhenIdle: undefined,
       paused: false,
       queue: undefined,
       subscriptions: undefined,
@@ -137,7 +140,7 @@ export class RouteDispatcher {
 
   private receive(session: Session, data: Buffer, isBinary: boolean): void {
     session.conn.alive = true;
-    if (session.failed) return;
+    if (session.failed || session.closeWhenIdle) return;
     if (this.rateLimiter && !this.rateLimiter.take(session.conn)) {
       this.overLimit(session, this.rateLimiter);
       return;
@@ -183,6 +186,9 @@ export class RouteDispatcher {
       session.paused = false;
       session.conn.socket.resume();
     }
+    if (!session.busy && session.closeWhenIdle) {
+      session.conn.close(session.closeWhenIdle.code, session.closeWhenIdle.reason);
+    }
     if (!session.busy && session.whenIdle) {
       const resolve = session.whenIdle;
       session.whenIdle = undefined;
@@ -227,9 +233,9 @@ export class RouteDispatcher {
       return;
     }
     this.logger.warn(`${this.routeName}: ${what}; closing with 1008`);
-    session.failed = true;
-    session.queue = undefined;
-    conn.close(CloseCode.PolicyViolation, 'Rate limit exceeded');
+    // Messages that arrived within the limit are still answered; then the connection closes.
+    session.closeWhenIdle = { code: CloseCode.PolicyViolation, reason: 'Rate limit exceeded' };
+    if (!session.busy) this.release(session);
   }
 
   /** The message is of a kind the route cannot take at all: 1003 (RFC 6455 §7.4.1). */
