@@ -9,6 +9,13 @@ import {
   WsRoute,
 } from '../lib/index.js';
 
+/**
+ * The subprotocol of the board: JSON `{ event, data }` messages (`welcome`, `online`,
+ * `demand`). The page offers it and shows what was negotiated; a client that offers nothing
+ * still connects, with `protocol === ''`.
+ */
+export const DEMAND_PROTOCOL = 'demand.v1';
+
 /** Pushed to the other pages when someone arrives or leaves, so every page shows the count. */
 export interface OnlineEvent {
   event: 'online';
@@ -24,7 +31,7 @@ export interface OnlineEvent {
  * Handlers take no parameter decorators, so they get the documented default arguments:
  * `(conn, request)` on open, `(conn, body)` on message, `(conn, { code, reason })` on close.
  */
-@WsRoute('/demand')
+@WsRoute('/demand', { subprotocols: [DEMAND_PROTOCOL] })
 export class DemandRoute {
   private readonly logger = new Logger(DemandRoute.name);
 

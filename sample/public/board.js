@@ -1,0 +1,162 @@
+/* global location, fetch, setInterval */
+// The live board's page script. The reconnect loop is partysocket's ReconnectingWebSocket,
+// served by the sample app from node_modules (see sample/assets.ts): same API as the browser's
+// WebSocket (readyState, protocol, bufferedAmount, send, close, on* and addEventListener),
+// plus back-off between attempts and `retryCount`.
+import ReconnectingWebSocket from '/assets/partysocket.js';
+
+// Indexes are the WebSocket readyState values.
+const STATES = ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED'];
+// Same origin as the page: the WebSocket route shares the HTTP server's port.
+const WS_URL = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/demand`;
+const LOG_LINES = 100;
+
+const $ = (id) => document.getElementById(id);
+const rows = new Map();
+let opens = 0;
+let online = '–';
+
+const socket = new ReconnectingWebSocket(WS_URL, ['demand.v1'], {
+  // First retry after half a second, then 1.5 times longer each time, at most 5 s apart.
+  minReconnectionDelay: 500,
+  reconnectionDelayGrowFactor: 1.5,
+  maxReconnectionDelay: 5000,
+  // A connection that stayed up 2 s counts as good: the back-off starts over after it.
+  minUptime: 2000,
+  connectionTimeout: 4000,
+});
+
+socket.addEventListener('open', () => {
+  opens += 1;
+  log(opens === 1 ? `open (${socket.protocol})` : `open again, reconnect #${opens - 1}`);
+  showStatus();
+  // Fill the table now, from this server, rather than waiting up to a second for a push.
+  loadBoard();
+});
+socket.addEventListener('message', (event) => receive(event.data));
+socket.addEventListener('error', () => {
+  // Browsers give no details on purpose; the close event that follows has the code.
+  log('error');
+  showStatus();
+});
+socket.addEventListener('close', (event) => {
+  const reason = event.reason ? ` ${event.reason}` : '';
+  $('last-close').textContent = `${event.code}${reason}`;
+  log(`closed: ${event.code}${reason}; reconnecting`);
+  showStatus();
+});
+
+function receive(data) {
+  let message;
+  try {
+    message = JSON.parse(data);
+  } catch {
+    message = undefined;
+  }
+  if (!message || typeof message.event !== 'string') {
+    log(`← ${data}`);
+    return;
+  }
+  switch (message.event) {
+    case 'welcome':
+    case 'online':
+      online = message.data.online;
+      break;
+    case 'demand':
+      renderBoard(message.data);
+      if ($('hide-demand').checked) return;
+      break;
+  }
+  showStatus();
+  log(`← ${data}`);
+}
+
+function showStatus() {
+  const state = STATES[socket.readyState];
+  $('state').textContent = `${socket.readyState} ${state}`;
+  $('protocol').textContent = socket.protocol || '(none)';
+  $('buffered').textContent = String(socket.bufferedAmount);
+  $('retries').textContent = String(socket.retryCount);
+  $('reconnects').textContent = String(Math.max(0, opens - 1));
+  $('online').textContent = String(online);
+  $('status').className =
+    `status ${state === 'OPEN' ? 'open' : state === 'CLOSED' ? 'closed' : ''}`;
+}
+
+function renderBoard({ items, at }) {
+  for (const { name, quantity } of items) {
+    const row = rows.get(name) ?? addRow(name);
+    const previous = row.quantity;
+    row.quantity = quantity;
+    if (previous === quantity) continue;
+    row.quantityCell.textContent = String(quantity);
+    // Restart the flash animation on the changed cell.
+    row.quantityCell.classList.remove('changed');
+    void row.quantityCell.offsetWidth;
+    row.quantityCell.classList.add('changed');
+    const trend = previous === undefined ? '' : quantity > previous ? 'up' : 'down';
+    row.trendCell.textContent = trend === 'up' ? '▲' : trend === 'down' ? '▼' : '';
+    row.trendCell.className = trend;
+  }
+  $('updated').textContent = new Date(at).toLocaleTimeString();
+}
+
+function addRow(name) {
+  const tr = document.createElement('tr');
+  tr.dataset.name = name;
+  const nameCell = document.createElement('td');
+  const quantityCell = document.createElement('td');
+  const trendCell = document.createElement('td');
+  nameCell.textContent = name;
+  quantityCell.className = 'quantity';
+  tr.append(nameCell, quantityCell, trendCell);
+  $('items').append(tr);
+  const option = document.createElement('option');
+  option.textContent = name;
+  $('set-name').append(option);
+  const row = { quantity: undefined, quantityCell, trendCell };
+  rows.set(name, row);
+  return row;
+}
+
+async function loadBoard() {
+  try {
+    const response = await fetch('/api/demand');
+    renderBoard(await response.json());
+  } catch (error) {
+    log(`GET /api/demand failed: ${error.message}`);
+  }
+}
+
+function log(text) {
+  const item = document.createElement('li');
+  item.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
+  const list = $('log');
+  list.prepend(item);
+  while (list.childElementCount > LOG_LINES) list.lastElementChild.remove();
+}
+
+$('set-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const name = $('set-name').value;
+  const quantity = Number($('set-quantity').value);
+  try {
+    const response = await fetch('/api/demand', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ name, quantity }),
+    });
+    const result = await response.json();
+    log(
+      response.ok
+        ? `POST /api/demand: ${name} = ${quantity}, pushed to ${result.sentTo} page(s)`
+        : `POST /api/demand failed: ${result.message}`,
+    );
+  } catch (error) {
+    log(`POST /api/demand failed: ${error.message}`);
+  }
+});
+
+// bufferedAmount and retryCount change without any event; poll them so the status stays honest.
+setInterval(showStatus, 250);
+showStatus();
