@@ -113,29 +113,40 @@ export class RouteDispatcher {
   private open(session: Session, handler: BoundHandler): void {
     const { conn } = session;
     session.busy = true;
-    handler.invoke(conn, conn.request, undefined).then(
-      (result) => {
-        this.reply(session, handler, result, conn.request, undefined);
-        this.release(session);
-      },
-      (error: unknown) => {
-        session.failed = true;
-        session.queue = undefined;
-        const expected = isClientError(error);
-        if (!expected) {
-          this.logger.error(
-            `${this.routeName}: @OnOpen failed for connection ${conn.id}`,
-            stackOf(error),
-          );
-          this.runErrorHook(conn, error);
-        }
-        conn.close(
-          expected ? CloseCode.PolicyViolation : CloseCode.InternalError,
-          expected ? messageOf(error) : INTERNAL_ERROR_MESSAGE,
-        );
-        this.release(session);
-      },
+    let result: unknown;
+    try {
+      result = handler.invoke(conn, conn.request, undefined);
+    } catch (error) {
+      this.openFailed(session, error);
+      return;
+    }
+    const opened = (value: unknown) => {
+      const replied = this.reply(session, handler, value, conn.request, undefined);
+      if (replied) void replied.then(() => this.release(session));
+      else this.release(session);
+    };
+    if (isThenable(result))
+      result.then(opened, (error: unknown) => this.openFailed(session, error));
+    else opened(result);
+  }
+
+  private openFailed(session: Session, error: unknown): void {
+    const { conn } = session;
+    session.failed = true;
+    session.queue = undefined;
+    const expected = isClientError(error);
+    if (!expected) {
+      this.logger.error(
+        `${this.routeName}: @OnOpen failed for connection ${conn.id}`,
+        stackOf(error),
+      );
+      this.runErrorHook(conn, error);
+    }
+    conn.close(
+      expected ? CloseCode.PolicyViolation : CloseCode.InternalError,
+      expected ? messageOf(error) : INTERNAL_ERROR_MESSAGE,
     );
+    this.release(session);
   }
 
   private receive(session: Session, data: Buffer, isBinary: boolean): void {
@@ -160,8 +171,10 @@ export class RouteDispatcher {
   private process(session: Session, data: Buffer, isBinary: boolean): void {
     const target = this.route(session, data, isBinary);
     if (!target) return;
+    const pending = this.run(session, target);
+    if (!pending) return; // answered synchronously: the next message can go at once
     session.busy = true;
-    this.run(session, target).then(
+    pending.then(
       () => this.release(session),
       (error: unknown) => {
         this.logger.error(
@@ -248,15 +261,26 @@ export class RouteDispatcher {
     session.conn.close(CloseCode.UnsupportedData, reason);
   }
 
-  private async run(session: Session, { handler, payload, pattern }: Target): Promise<void> {
+  /** Runs a message handler and sends its reply; a Promise when that goes on asynchronously. */
+  private run(
+    session: Session,
+    { handler, payload, pattern }: Target,
+  ): PromiseLike<void> | undefined {
+    const { conn } = session;
     let result: unknown;
     try {
-      result = await handler.invoke(session.conn, payload, pattern);
+      result = handler.invoke(conn, payload, pattern);
     } catch (error) {
-      this.fail(session.conn, handler, error, payload, pattern);
-      return;
+      this.fail(conn, handler, error, payload, pattern);
+      return undefined;
     }
-    await this.reply(session, handler, result, payload, pattern);
+    if (isThenable(result)) {
+      return result.then(
+        (value) => this.reply(session, handler, value, payload, pattern),
+        (error: unknown) => this.fail(conn, handler, error, payload, pattern),
+      );
+    }
+    return this.reply(session, handler, result, payload, pattern) ?? undefined;
   }
 
   /**
@@ -413,6 +437,10 @@ export class RouteDispatcher {
       );
     }
   }
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return typeof (value as PromiseLike<unknown> | null)?.then === 'function';
 }
 
 /** Parses `{"event": string, "data": any}`; anything else is `undefined`. */

@@ -12,13 +12,15 @@ import type { WsRouteDefinition } from '../routing/ws-route-explorer.js';
 /**
  * A handler wrapped in Nest's guards, interceptors and pipes. Arguments are what
  * `ExecutionContext.switchToWs()` shows: the connection (`getClient()`), the payload
- * (`getData()`) and the event name or `undefined` (`getPattern()`).
+ * (`getData()`) and the event name or `undefined` (`getPattern()`). Returns the handler's
+ * result: a value, a Promise or an Observable; a handler without enhancers is called directly,
+ * so a synchronous one returns synchronously.
  */
 export type WsInvoker = (
   conn: WsConnection,
   payload: unknown,
   pattern: string | undefined,
-) => Promise<unknown>;
+) => unknown;
 
 /** An exception filter as Nest resolves it: the exception classes it catches and its `catch`. */
 export interface WsFilterBinding {
@@ -77,6 +79,18 @@ const paramsFactory = {
     }
   },
 };
+
+/** A parameter of a handler with no pipes, read straight from the connection and payload. */
+interface PlainParam {
+  index: number;
+  type: number;
+  data: string | undefined;
+}
+
+/** The enhancer lists Nest resolves for a handler (class, method and global ones). */
+interface EnhancerSource {
+  create(instance: object, callback: Function, moduleKey: string, contextId: unknown): unknown[];
+}
 
 interface FilterSource {
   create(
@@ -164,18 +178,69 @@ export class WsHandlerFactory {
   private bind(route: WsRouteDefinition, methodName: string): BoundHandler {
     const instance = route.instance as Record<string, Function>;
     const callback = instance[methodName] as (...args: unknown[]) => unknown;
-    const invoke = this.contextCreator.create(
-      instance,
-      callback,
-      methodName,
-      PARAM_ARGS_METADATA,
-      paramsFactory,
-      STATIC_CONTEXT,
-      undefined,
-      { guards: true, interceptors: true, filters: false },
-      'ws',
-    ) as unknown as WsInvoker;
+    const invoke =
+      this.directInvoker(route, methodName, callback) ??
+      (this.contextCreator.create(
+        instance,
+        callback,
+        methodName,
+        PARAM_ARGS_METADATA,
+        paramsFactory,
+        STATIC_CONTEXT,
+        undefined,
+        { guards: true, interceptors: true, filters: false },
+        'ws',
+      ) as unknown as WsInvoker);
     return { methodName, invoke, filters: this.filtersOf(route, callback) };
+  }
+
+  /**
+   * The per-message fast path: a handler with no guard, interceptor or pipe anywhere (method,
+   * class or global) and only built-in parameter decorators is called directly with its
+   * arguments read from the connection. `ExternalContextCreator` would add an async wrapper,
+   * an interceptor chain and a pipe pass per message to do nothing; here the same handler
+   * costs one function call, and a synchronous one answers without a Promise.
+   * `undefined` when Nest's full pipeline is needed.
+   */
+  private directInvoker(
+    route: WsRouteDefinition,
+    methodName: string,
+    callback: Function,
+  ): WsInvoker | undefined {
+    const creator = this.contextCreator as unknown as Record<string, EnhancerSource | undefined>;
+    const sources = [
+      creator.guardsContextCreator,
+      creator.interceptorsContextCreator,
+      creator.pipesContextCreator,
+    ];
+    if (sources.some((source) => !source)) return undefined;
+    const moduleKey = this.contextCreator.getContextModuleKey(route.routeClass);
+    for (const source of sources) {
+      if (source!.create(route.instance, callback, moduleKey, STATIC_CONTEXT).length)
+        return undefined;
+    }
+    const metadata: Record<string, { index: number; data?: unknown; pipes?: unknown[] }> =
+      Reflect.getMetadata(PARAM_ARGS_METADATA, route.routeClass, methodName) ?? {};
+    const params: PlainParam[] = [];
+    for (const [key, { index, data, pipes }] of Object.entries(metadata)) {
+      const type = Number(key.split(':')[0]);
+      // Custom decorators (createParamDecorator) and parameter pipes need Nest's pipeline.
+      if (Number.isNaN(type) || pipes?.length || (data !== undefined && typeof data !== 'string'))
+        return undefined;
+      params.push({ index, type, data });
+    }
+    const { instance } = route;
+    if (params.length === 0) {
+      return (conn, payload) => callback.call(instance, conn, payload);
+    }
+    const length = Math.max(...params.map((param) => param.index)) + 1;
+    return (conn, payload, pattern) => {
+      const args: unknown[] = new Array(length);
+      const context: Args = [conn, payload, pattern];
+      for (const param of params)
+        args[param.index] = paramsFactory.exchangeKeyForValue(param.type, param.data, context);
+      return callback.apply(instance, args);
+    };
   }
 
   /**
