@@ -12,6 +12,8 @@ export interface DemandItem {
 export interface DemandSnapshot {
   items: DemandItem[];
   at: string;
+  /** The line someone set through `POST /api/demand`, when that is why it was pushed. */
+  change?: DemandItem;
 }
 
 /** How often the simulated demand moves and is pushed to every page. */
@@ -79,15 +81,16 @@ export class DemandService implements OnApplicationBootstrap, OnModuleDestroy {
    */
   set(name: string, quantity: number): number {
     this.items.set(name, quantity);
-    return this.sendDemandUpdates();
+    return this.sendDemandUpdates({ name, quantity });
   }
 
   /**
    * Pushes one message to every open connection of `DemandRoute`. It is serialized once,
    * however many pages are open, and a page that is connecting or closing is skipped.
    */
-  sendDemandUpdates(): number {
-    return this.broadcast.toRoute(DemandRoute).send({ event: 'demand', data: this.snapshot() });
+  sendDemandUpdates(change?: DemandItem): number {
+    const data: DemandSnapshot = change ? { ...this.snapshot(), change } : this.snapshot();
+    return this.broadcast.toRoute(DemandRoute).send({ event: 'demand', data });
   }
 
   private drift(): void {

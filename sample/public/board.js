@@ -64,6 +64,10 @@ function receive(data) {
       break;
     case 'demand':
       renderBoard(message.data);
+      if (message.data.change) {
+        const { name, quantity } = message.data.change;
+        log(`← ${name} set to ${quantity} through POST /api/demand`);
+      }
       if ($('hide-demand').checked) return;
       break;
   }

@@ -108,6 +108,12 @@ describeWithChromium('the live board sample in Chromium', () => {
         ),
       );
       expect(Date.now() - started).toBeLessThan(1000);
+      for (const page of pages) {
+        await page
+          .locator('#log li')
+          .filter({ hasText: 'Apples set to 777 through POST /api/demand' })
+          .waitFor({ timeout: 1000 });
+      }
 
       const shot = await saveScreenshot(pages[0], `live-board-${platform}.png`);
       if (platform === 'express') await copyFile(shot, join(ARTIFACTS_DIR, 'live-board.png'));
