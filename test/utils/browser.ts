@@ -87,6 +87,7 @@ export class TestBrowser {
         headless: true,
         args: CHROMIUM_FLAGS,
         viewport: { width: 900, height: 760 },
+        locale: 'en-US',
         timeout: 30_000,
       });
       await context.addInitScript(installPageHelpers);

@@ -1,0 +1,145 @@
+/**
+ * Bench settings: defaults of the issue, `--quick` for a smoke run, and every count overridable
+ * with `--name=value` or `BENCH_NAME=value` (e.g. `--n=2000`, `BENCH_ROUNDS=5`).
+ */
+export interface Config {
+  mode: 'bench' | 'soak';
+  quick: boolean;
+  /** Fan-out, memory and accept-rate connections. */
+  n: number;
+  /** Broadcasts per fan-out round. */
+  messages: number;
+  /** Approximate JSON size of a broadcast. */
+  bytes: number;
+  /** Rounds of paced + burst per variant; the median is reported. */
+  rounds: number;
+  echoConns: number;
+  echoBytes: number;
+  echoWarmupMs: number;
+  echoMs: number;
+  /** Load processes. */
+  workers: number;
+  /** Handshakes in flight per load process. */
+  concurrency: number;
+  connectTimeoutMs: number;
+  fanoutTimeoutMs: number;
+  /** The whole run stops starting new variants past this. */
+  deadlineMs: number;
+  variants: string[];
+  echoVariants: string[];
+  scenarios: string[];
+  bufferutil: boolean;
+  /** Extra node flags for the server processes, e.g. `--server-node-flags=--cpu-prof`. */
+  serverNodeFlags: string[];
+  // soak
+  soakConns: number;
+  soakMs: number;
+  soakLifeMinMs: number;
+  soakLifeMaxMs: number;
+  soakRooms: number;
+  soakRoomsPerConn: number;
+  soakTerminateRatio: number;
+  /** Handshakes in flight per load process during the soak. */
+  soakConcurrency: number;
+  soakTickMs: number;
+  soakRoomsPerTick: number;
+}
+
+export const FANOUT_VARIANTS = ['ws-naive', 'ws-best', 'nest-gateway', 'socketio', 'uws', 'ours'];
+export const ECHO_VARIANTS = [
+  'ws-best',
+  'nest-gateway',
+  'nest-gateway-enhanced',
+  'socketio',
+  'uws',
+  'ours',
+  'ours-enhanced',
+];
+
+const FULL: Omit<Config, 'mode' | 'quick'> = {
+  n: 5000,
+  messages: 200,
+  bytes: 200,
+  rounds: 3,
+  echoConns: 500,
+  echoBytes: 100,
+  echoWarmupMs: 1500,
+  echoMs: 5000,
+  workers: 2,
+  concurrency: 50,
+  connectTimeoutMs: 90_000,
+  fanoutTimeoutMs: 60_000,
+  deadlineMs: 20 * 60_000,
+  variants: FANOUT_VARIANTS,
+  echoVariants: ECHO_VARIANTS,
+  scenarios: ['fanout', 'echo'],
+  bufferutil: false,
+  serverNodeFlags: [],
+  soakConns: 10_000,
+  soakMs: 60_000,
+  // Long enough that 10,000 stay open at once on 2 shared cores (≈ 330 reconnections/s).
+  soakLifeMinMs: 10_000,
+  soakLifeMaxMs: 50_000,
+  soakRooms: 200,
+  soakRoomsPerConn: 2,
+  soakTerminateRatio: 0.2,
+  soakConcurrency: 200,
+  soakTickMs: 100,
+  soakRoomsPerTick: 10,
+};
+
+const QUICK: Partial<Config> = {
+  n: 500,
+  messages: 50,
+  rounds: 1,
+  echoConns: 100,
+  echoWarmupMs: 500,
+  echoMs: 1500,
+  fanoutTimeoutMs: 20_000,
+  connectTimeoutMs: 30_000,
+  deadlineMs: 5 * 60_000,
+  soakConns: 1000,
+  soakMs: 10_000,
+  soakLifeMinMs: 2000,
+  soakLifeMaxMs: 8000,
+};
+
+function parseValue(current: unknown, raw: string): unknown {
+  if (Array.isArray(current)) return raw.split(',').filter(Boolean);
+  if (typeof current === 'number') {
+    const value = Number(raw.replace(/_/g, ''));
+    if (!Number.isFinite(value)) throw new Error(`not a number: ${raw}`);
+    return value;
+  }
+  if (typeof current === 'boolean') return raw !== 'false' && raw !== '0';
+  return raw;
+}
+
+const kebab = (key: string) => key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+const envName = (key: string) => `BENCH_${kebab(key).replace(/-/g, '_').toUpperCase()}`;
+
+export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
+  const positional = argv.filter((arg) => !arg.startsWith('--'));
+  const flags = new Map<string, string>();
+  for (const arg of argv.filter((a) => a.startsWith('--'))) {
+    const [name, ...rest] = arg.slice(2).split('=');
+    flags.set(name, rest.length ? rest.join('=') : 'true');
+  }
+  const quick = flags.has('quick') || env.BENCH_QUICK === '1';
+  const mode = positional.includes('soak') ? 'soak' : 'bench';
+  const config: Config = { ...FULL, ...(quick ? QUICK : {}), mode, quick };
+  const known = new Set(['quick', ...Object.keys(FULL).map(kebab)]);
+  for (const name of flags.keys()) {
+    if (!known.has(name))
+      throw new Error(`unknown option --${name}; known: ${[...known].join(', ')}`);
+  }
+  for (const key of Object.keys(FULL) as (keyof typeof FULL)[]) {
+    const raw = flags.get(kebab(key)) ?? env[envName(key)];
+    if (raw !== undefined) (config as any)[key] = parseValue(config[key], raw);
+  }
+  if (positional.some((arg) => arg !== 'soak')) throw new Error(`unknown argument ${positional}`);
+  return config;
+}
+
+export const USAGE = `npm run bench [-- [soak] [--quick] [--name=value …]]
+  options (or BENCH_NAME=value): ${Object.keys(FULL).map(kebab).join(', ')}`;

@@ -1,0 +1,203 @@
+/**
+ * `npm run bench [-- --quick] [-- soak]`: the "broadcast at scale" benchmark.
+ *
+ * One run, side by side, on the same load processes: fan-out (paced and burst), connection
+ * accept rate, idle memory per connection, echo round trips — for raw `ws` (naive and best
+ * loops), a platform-ws gateway, a Socket.IO gateway, uWebSockets.js and this library. Each
+ * server variant runs in its own process (`server.ts`), the load in `--workers` others
+ * (`client.ts`). Prints a Markdown report and writes everything to bench/results/<time>.json.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { errorText, now } from './lib/common.js';
+import { parseConfig, USAGE, type Config } from './lib/config.js';
+import type { Child } from './lib/ipc.js';
+import { openLog } from './lib/ipc.js';
+import { machineInfo, type MachineInfo } from './lib/machine.js';
+import { fdLimits, startClients, type ProcessOptions } from './lib/processes.js';
+import { markdown, REFERENCE } from './lib/report.js';
+import { runEchoVariant, type EchoVariantResult } from './echo.js';
+import { runFanoutVariant, type FanoutVariantResult } from './fanout.js';
+import { runSoak } from './soak.js';
+
+const RESULTS_DIR = fileURLToPath(new URL('../../bench/results/', import.meta.url));
+
+const log = (line: string) => process.stderr.write(`${line}\n`);
+
+function stamp(): string {
+  return new Date().toISOString().replace(/[:.]/g, '-').replace('Z', '');
+}
+
+function collectNotes(
+  config: Config,
+  machine: MachineInfo,
+  fanout: FanoutVariantResult[],
+  echo: EchoVariantResult[],
+  logFile: string,
+): string[] {
+  const notes: string[] = [];
+  for (const r of [...fanout, ...echo]) {
+    const scenario = 'rounds' in r ? 'fan-out' : 'echo';
+    if (r.status === 'error') notes.push(`${r.variant} (${scenario}): ${r.error}`);
+    if (r.logged && (r.logged.error || r.logged.warn))
+      notes.push(
+        `${r.variant} (${scenario}) logged ${r.logged.error} errors, ${r.logged.warn} warnings: ${r.logged.first.slice(0, 2).join(' | ')}`,
+      );
+    const clientErrors = Object.entries(r.clientErrors ?? {});
+    if (clientErrors.length)
+      notes.push(
+        `${r.variant} (${scenario}) client errors: ${clientErrors
+          .slice(0, 4)
+          .map(([text, count]) => `${count}× ${text}`)
+          .join('; ')}`,
+      );
+    if (r.stderr.length && !(r.logged && (r.logged.error || r.logged.warn)))
+      notes.push(`${r.variant} (${scenario}) stderr: ${r.stderr.slice(0, 2).join(' | ')}`);
+  }
+  for (const r of fanout) {
+    if (r.connect && r.connect.serverCounted < config.n)
+      notes.push(
+        `${r.variant}: only ${r.connect.serverCounted} of ${config.n} connections were open on the server`,
+      );
+    for (const round of r.rounds) {
+      if (round.status !== 'ok')
+        notes.push(`${r.variant} ${round.mode} round ${round.round}: ${round.detail}`);
+      if (round.negativeLatencies)
+        notes.push(
+          `${r.variant} ${round.mode} round ${round.round}: ${round.negativeLatencies} negative latencies (clock disagreement between processes), counted as 0`,
+        );
+    }
+  }
+  for (const r of echo)
+    if (r.badReplies) notes.push(`${r.variant}: ${r.badReplies} echo replies were not the request`);
+  if (/FALLBACK/.test(machine.builds['uWebSockets.js'] ?? ''))
+    notes.push(
+      'uWebSockets.js ran its JS FALLBACK, not the native build: its figures are not the limit',
+    );
+  notes.push(`children's stdout/stderr: ${logFile}`);
+  return notes;
+}
+
+async function runBench(
+  config: Config,
+  processes: ProcessOptions,
+  machine: MachineInfo,
+  logFile: string,
+) {
+  const started = now();
+  const deadline = started + config.deadlineMs;
+  log(
+    `bench: ${config.quick ? 'quick' : 'full'} run, N=${config.n}, ${config.messages} × ${config.bytes} B, ` +
+      `${config.rounds} round(s), echo ${config.echoConns} connections, ${config.workers} load processes`,
+  );
+  const clients: Child[] = await startClients(config.workers, processes);
+  const fanout: FanoutVariantResult[] = [];
+  const echo: EchoVariantResult[] = [];
+  try {
+    if (config.scenarios.includes('fanout')) {
+      log('fan-out, accept rate, idle memory:');
+      for (const variant of config.variants) {
+        if (now() > deadline) {
+          fanout.push({
+            variant,
+            status: 'skipped',
+            error: 'deadline',
+            info: {},
+            rounds: [],
+            stderr: [],
+          });
+          continue;
+        }
+        const result = await runFanoutVariant(variant, clients, config, processes, log);
+        fanout.push(result);
+        if (result.info.uws) machine.builds['uWebSockets.js'] = result.info.uws;
+      }
+    }
+    if (config.scenarios.includes('echo')) {
+      log('echo:');
+      for (const variant of config.echoVariants) {
+        if (now() > deadline) {
+          echo.push({
+            variant,
+            status: 'skipped',
+            error: 'deadline',
+            info: {},
+            connections: 0,
+            windowMs: NaN,
+            roundTrips: 0,
+            roundTripsPerSecond: NaN,
+            badReplies: 0,
+            serverCpuMs: NaN,
+            serverCpuUsPerReply: NaN,
+            serverCores: NaN,
+            p50Ms: NaN,
+            p99Ms: NaN,
+            stderr: [],
+          });
+          continue;
+        }
+        const result = await runEchoVariant(variant, clients, config, processes, log);
+        echo.push(result);
+        if (result.info.uws) machine.builds['uWebSockets.js'] = result.info.uws;
+      }
+    }
+  } finally {
+    await Promise.all(clients.map((c) => c.stop(3000)));
+  }
+  const runtimeS = (now() - started) / 1000;
+  const notes = collectNotes(config, machine, fanout, echo, logFile);
+  const report = markdown(config, machine, fanout, echo, notes, runtimeS);
+  return { runtimeS, report, fanout, echo };
+}
+
+async function main(): Promise<void> {
+  let config: Config;
+  try {
+    config = parseConfig(process.argv.slice(2), process.env);
+  } catch (error) {
+    log(`${errorText(error)}\n${USAGE}`);
+    process.exit(2);
+  }
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const name = `${config.mode === 'soak' ? 'soak-' : ''}${stamp()}${config.quick ? '-quick' : ''}`;
+  const logFile = `${RESULTS_DIR}${name}.log`;
+  const limits = fdLimits();
+  const needed = Math.max(config.n, config.mode === 'soak' ? config.soakConns : 0) + 1000;
+  if (limits.hard < needed)
+    log(
+      `warning: open files hard limit ${limits.hard} < ${needed}: the server may run out of descriptors`,
+    );
+  const processes: ProcessOptions = {
+    log: openLog(logFile),
+    env: config.bufferutil ? {} : { WS_NO_BUFFER_UTIL: '1' },
+    raiseFdLimit: limits.soft < limits.hard,
+    serverNodeFlags: config.serverNodeFlags,
+  };
+  const machine = machineInfo(config.bufferutil, `${limits.soft}/${limits.hard} (soft/hard)`);
+  const file = `${RESULTS_DIR}${name}.json`;
+
+  if (config.mode === 'soak') {
+    const soak = await runSoak(config, processes, machine, log);
+    process.stdout.write(soak.report);
+    writeFileSync(file, JSON.stringify({ config, machine, ...soak }, null, 2));
+    log(`\nJSON: ${file}\nruntime: ${soak.runtimeS.toFixed(0)} s`);
+    processes.log.end();
+    process.exitCode = soak.pass ? 0 : 1;
+    return;
+  }
+
+  const result = await runBench(config, processes, machine, logFile);
+  process.stdout.write(result.report);
+  writeFileSync(
+    file,
+    JSON.stringify({ config, machine, reference: REFERENCE, ...result }, null, 2),
+  );
+  log(`\nJSON: ${file}\nruntime: ${result.runtimeS.toFixed(0)} s`);
+  processes.log.end();
+}
+
+process.on('SIGINT', () => process.exit(130));
+main().catch((error) => {
+  log(`bench failed: ${error?.stack ?? error}`);
+  process.exit(1);
+});
