@@ -8,12 +8,13 @@
  * (`client.ts`). Prints a Markdown report and writes everything to bench/results/<time>.json.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { errorText, now } from './lib/common.js';
 import { parseConfig, USAGE, type Config } from './lib/config.js';
 import type { Child } from './lib/ipc.js';
 import { openLog } from './lib/ipc.js';
-import { machineInfo, type MachineInfo } from './lib/machine.js';
+import { cpuBusy, machineInfo, waitQuiet, type MachineInfo } from './lib/machine.js';
 import { fdLimits, startClients, type ProcessOptions } from './lib/processes.js';
 import { markdown, REFERENCE } from './lib/report.js';
 import { runEchoVariant, type EchoVariantResult } from './echo.js';
@@ -74,6 +75,13 @@ function collectNotes(
     notes.push(
       'uWebSockets.js ran its JS FALLBACK, not the native build: its figures are not the limit',
     );
+  const busy = [machine.busyBefore, machine.busyAfter].map((b) =>
+    Number.isFinite(b) ? `${Math.round(b! * 100)} %` : '?',
+  );
+  if ((machine.busyBefore ?? 0) > 0.15 || (machine.busyAfter ?? 0) > 0.15)
+    notes.push(
+      `the machine was not quiet: ${busy[0]} of its CPU busy just before the run and ${busy[1]} just after (other processes share the 2 cores): wall-clock figures (end-to-end, round trips/s, latencies) are noisier than the server CPU figures`,
+    );
   notes.push(`children's stdout/stderr: ${logFile}`);
   return notes;
 }
@@ -83,6 +91,7 @@ async function runBench(
   processes: ProcessOptions,
   machine: MachineInfo,
   logFile: string,
+  beforeReport: () => Promise<void>,
 ) {
   const started = now();
   const deadline = started + config.deadlineMs;
@@ -145,6 +154,7 @@ async function runBench(
     await Promise.all(clients.map((c) => c.stop(3000)));
   }
   const runtimeS = (now() - started) / 1000;
+  await beforeReport();
   const notes = collectNotes(config, machine, fanout, echo, logFile);
   const report = markdown(config, machine, fanout, echo, notes, runtimeS);
   return { runtimeS, report, fanout, echo };
@@ -175,9 +185,17 @@ async function main(): Promise<void> {
   };
   const machine = machineInfo(config.bufferutil, `${limits.soft}/${limits.hard} (soft/hard)`);
   const file = `${RESULTS_DIR}${name}.json`;
+  machine.busyBefore = config.waitIdle
+    ? await waitQuiet(config.waitIdle * 1000, log)
+    : await cpuBusy(2000);
+  machine.loadAverage = loadavg().map((v) => Math.round(v * 100) / 100);
+  const finish = async () => {
+    machine.busyAfter = await cpuBusy(2000);
+    machine.loadAverageEnd = loadavg().map((v) => Math.round(v * 100) / 100);
+  };
 
   if (config.mode === 'soak') {
-    const soak = await runSoak(config, processes, machine, log);
+    const soak = await runSoak(config, processes, machine, log, finish);
     process.stdout.write(soak.report);
     writeFileSync(file, JSON.stringify({ config, machine, ...soak }, null, 2));
     log(`\nJSON: ${file}\nruntime: ${soak.runtimeS.toFixed(0)} s`);
@@ -186,7 +204,7 @@ async function main(): Promise<void> {
     return;
   }
 
-  const result = await runBench(config, processes, machine, logFile);
+  const result = await runBench(config, processes, machine, logFile, finish);
   process.stdout.write(result.report);
   writeFileSync(
     file,

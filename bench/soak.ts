@@ -88,6 +88,7 @@ export async function runSoak(
   processes: ProcessOptions,
   machine: MachineInfo,
   log: (line: string) => void,
+  beforeReport: () => Promise<void>,
 ) {
   const started = now();
   log(
@@ -218,6 +219,7 @@ export async function runSoak(
     );
   }
   const pass = !error && checks.length > 0 && checks.every((c) => c.pass);
+  await beforeReport();
   const runtimeS = (now() - started) / 1000;
   const lines = [
     `## Soak: ${fmt(config.soakConns, 0)} connections, ${fmt(config.soakMs / 1000, 0)} s of churn: ${pass ? 'PASS' : 'FAIL'}`,

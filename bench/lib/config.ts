@@ -29,6 +29,8 @@ export interface Config {
   echoVariants: string[];
   scenarios: string[];
   bufferutil: boolean;
+  /** Seconds to wait at most for a quiet machine before starting (0: start at once). */
+  waitIdle: number;
   /** Extra node flags for the server processes, e.g. `--server-node-flags=--cpu-prof`. */
   serverNodeFlags: string[];
   // soak
@@ -74,6 +76,7 @@ const FULL: Omit<Config, 'mode' | 'quick'> = {
   echoVariants: ECHO_VARIANTS,
   scenarios: ['fanout', 'echo'],
   bufferutil: false,
+  waitIdle: 0,
   serverNodeFlags: [],
   soakConns: 10_000,
   soakMs: 60_000,

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { cpus, loadavg, release, totalmem, type } from 'node:os';
 import { packageVersion } from '../servers/versions.js';
 
@@ -8,6 +9,10 @@ export interface MachineInfo {
   os: string;
   node: string;
   loadAverage: number[];
+  /** Machine CPU busy (all processes) over 2 s before the run, and at its end: 0–1. */
+  busyBefore?: number;
+  busyAfter?: number;
+  loadAverageEnd?: number[];
   packages: Record<string, string>;
   /** Filled in from the servers: which uWS build loaded, … */
   builds: Record<string, string>;
@@ -41,4 +46,41 @@ export function machineInfo(bufferutil: boolean, fdLimit: string): MachineInfo {
       : 'off (WS_NO_BUFFER_UTIL=1: pure-JS masking, as a plain `npm i ws`)',
     fdLimit,
   };
+}
+
+function cpuTimes(): { busy: number; total: number } | undefined {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n')[0];
+    const fields = line.trim().split(/\s+/).slice(1).map(Number);
+    const idle = fields[3] + (fields[4] ?? 0);
+    const total = fields.reduce((a, b) => a + b, 0);
+    return { busy: total - idle, total };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Share of the machine's CPU time (all cores) that was busy over the next `ms`, 0–1. */
+export async function cpuBusy(ms: number): Promise<number> {
+  const before = cpuTimes();
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  const after = cpuTimes();
+  if (!before || !after || after.total === before.total) return NaN;
+  return (after.busy - before.busy) / (after.total - before.total);
+}
+
+/**
+ * Waits, up to `maxMs`, for the machine to be quiet (under 15 % busy over 2 s): other
+ * processes on the same 2 cores change every figure. Returns the last busy share seen.
+ */
+export async function waitQuiet(maxMs: number, log: (line: string) => void): Promise<number> {
+  const until = Date.now() + maxMs;
+  let busy = await cpuBusy(2000);
+  while (busy > 0.15 && Date.now() < until) {
+    log(
+      `  machine ${Math.round(busy * 100)} % busy with other processes; waiting for it to calm down`,
+    );
+    busy = await cpuBusy(5000);
+  }
+  return busy;
 }

@@ -149,13 +149,17 @@ export function goals(fanout: FanoutVariantResult[], echo: EchoVariantResult[]):
   return list;
 }
 
+const pct = (share: number | undefined) =>
+  share !== undefined && Number.isFinite(share) ? `${Math.round(share * 100)} %` : '?';
+
 export function machineLine(machine: MachineInfo): string {
   const p = machine.packages;
   const builds = Object.entries(machine.builds)
     .map(([k, v]) => `${k} ${v}`)
     .join('; ');
   return [
-    `- Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, ${machine.os}, load average at start ${machine.loadAverage.join(' ')}; open files limit ${machine.fdLimit}`,
+    `- Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, ${machine.os}; open files limit ${machine.fdLimit}`,
+    `- Other load: CPU ${pct(machine.busyBefore)} busy just before the run, ${pct(machine.busyAfter)} just after; load average ${machine.loadAverage.join(' ')} at the start${machine.loadAverageEnd ? `, ${machine.loadAverageEnd.join(' ')} at the end` : ''}`,
     `- Node ${machine.node}; ws ${p.ws} (platform-ws brings ws ${p['ws (in platform-ws)']}, engine.io ws ${p['ws (in engine.io)']}); bufferutil ${machine.bufferutil}`,
     `- @nestjs/core ${p['@nestjs/core']}, @nestjs/platform-ws ${p['@nestjs/platform-ws']}, @nestjs/platform-socket.io ${p['@nestjs/platform-socket.io']}, socket.io ${p['socket.io']} / socket.io-client ${p['socket.io-client']}`,
     ...(builds ? [`- ${builds}`] : []),
