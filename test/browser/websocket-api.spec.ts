@@ -7,6 +7,7 @@ import {
   OnMessage,
   OnOpen,
   WsConnection,
+  WsConnectionRegistry,
   WsRoute,
   WsRoutesModule,
 } from '../../lib/index.js';
@@ -26,12 +27,16 @@ import { eventually } from '../utils/ws-client.js';
  * Every page is served by the app itself, so its WebSockets are same-origin.
  */
 
-/** What the server saw, for assertions from the Node side. */
+/** What the server saw, for assertions from the Node side: every route records opens and closes. */
 @Injectable()
 class Seen {
   readonly connections: WsConnection[] = [];
   readonly messages: (string | Buffer)[] = [];
   readonly closes: { code: number; reason: string }[] = [];
+
+  reset(): void {
+    for (const list of [this.connections, this.messages, this.closes]) list.length = 0;
+  }
 }
 
 /** Echoes every message as it came: text as text, binary as binary. */
@@ -57,6 +62,12 @@ class EchoRoute {
 class SinkRoute {
   constructor(private readonly seen: Seen) {}
 
+  @OnOpen() open(conn: WsConnection) {
+    this.seen.connections.push(conn);
+  }
+  @OnClose() close(_conn: WsConnection, closing: { code: number; reason: string }) {
+    this.seen.closes.push(closing);
+  }
   @OnMessage() take(_conn: WsConnection, body: string | Buffer) {
     this.seen.messages.push(body);
     return `received ${body.length} bytes`;
@@ -70,6 +81,9 @@ class StrictProtocolRoute {
 
   @OnOpen() open(conn: WsConnection) {
     this.seen.connections.push(conn);
+  }
+  @OnClose() close(_conn: WsConnection, closing: { code: number; reason: string }) {
+    this.seen.closes.push(closing);
   }
 }
 
@@ -88,24 +102,32 @@ describeWithChromium('the browser WebSocket API (Chromium)', () => {
   afterAll(async () => {
     await browser?.close();
   });
-  afterEach(async () => {
-    await browser.closePages();
+  afterEach(() => {
     expect(browser.pageErrors).toEqual([]);
   });
 
   describe.each(['express', 'fastify'] as const)('on %s', (platform) => {
+    // One app per platform; each test gets a fresh page and an empty record.
     let t: BrowserTestApp;
-    let appClosed: boolean;
+    let appClosed = false;
     let seen: Seen;
     let page: Page;
-    beforeEach(async () => {
+    beforeAll(async () => {
       t = await startBrowserApp(appOf(ContractModule, platform));
-      appClosed = false;
       seen = t.app.get(Seen);
-      page = await browser.newPage(t.http('/blank'));
     });
-    afterEach(async () => {
-      if (!appClosed) await t.app.close();
+    afterAll(async () => {
+      await page?.close();
+      if (!appClosed) await t?.app.close();
+    });
+    beforeEach(async () => {
+      // A fresh document: the previous test's sockets go with the old one. Wait until the
+      // server has seen them go, then forget them.
+      if (!page) page = await browser.newPage();
+      await page.goto(t.http('/blank'));
+      const registry = t.app.get(WsConnectionRegistry);
+      await eventually(() => registry.size === 0 && seen.closes.length === seen.connections.length);
+      seen.reset();
     });
 
     it("goes CONNECTING → OPEN → CLOSING → CLOSED and reports the server's subprotocol", async () => {
@@ -392,6 +414,7 @@ describeWithChromium('the browser WebSocket API (Chromium)', () => {
       expect(close).toEqual({ code: 1009, wasClean: true });
     });
 
+    // Last: it closes the app.
     it('tells the page 1001 when the application shuts down', async () => {
       await page.evaluate(async (url) => {
         const g = globalThis as any;
