@@ -37,6 +37,7 @@ nest11=(
   '@nestjs/platform-ws@^11'
   '@nestjs/platform-express@^11'
   '@nestjs/platform-fastify@^11'
+  '@nestjs/platform-socket.io@^11'
 )
 
 log "copying $repo_root to $scratch"
