@@ -14,6 +14,9 @@ const LOG_LINES = 100;
 const $ = (id) => document.getElementById(id);
 const rows = new Map();
 let opens = 0;
+// Whether the current attempt opened, and whether it ended with an error.
+let opened = false;
+let failed = false;
 let online = '–';
 
 const socket = new ReconnectingWebSocket(WS_URL, ['demand.v1'], {
@@ -27,6 +30,8 @@ const socket = new ReconnectingWebSocket(WS_URL, ['demand.v1'], {
 });
 
 socket.addEventListener('open', () => {
+  opened = true;
+  failed = false;
   opens += 1;
   log(opens === 1 ? `open (${socket.protocol})` : `open again, reconnect #${opens - 1}`);
   showStatus();
@@ -35,14 +40,23 @@ socket.addEventListener('open', () => {
 });
 socket.addEventListener('message', (event) => receive(event.data));
 socket.addEventListener('error', () => {
-  // Browsers give no details on purpose; the close event that follows has the code.
-  log('error');
+  // Browsers give no details on purpose (a refused or failed connection, a dropped link).
+  // partysocket then closes the attempt itself, with a close event of its own (code 1000),
+  // so the error is what tells what happened.
+  failed = true;
   showStatus();
 });
 socket.addEventListener('close', (event) => {
   const reason = event.reason ? ` ${event.reason}` : '';
-  $('last-close').textContent = `${event.code}${reason}`;
-  log(`closed: ${event.code}${reason}; reconnecting`);
+  const what = !failed
+    ? `${event.code}${reason}`
+    : opened
+      ? 'connection lost'
+      : 'could not connect';
+  opened = false;
+  failed = false;
+  $('last-close').textContent = what;
+  log(`closed: ${what}; reconnecting`);
   showStatus();
 });
 

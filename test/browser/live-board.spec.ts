@@ -127,8 +127,13 @@ describeWithChromium('the live board sample in Chromium', () => {
       await first.app.close();
       // The shutdown's 1001 reaches the page, which starts trying again (and fails while the
       // port is closed).
-      await waitForText(page, '#last-close', '1001 Server shutting down');
+      await page
+        .locator('#log li')
+        .filter({ hasText: 'closed: 1001 Server shutting down; reconnecting' })
+        .waitFor({ timeout: 3000 });
       await waitForText(page, '#state', /^[03] /);
+      await waitForText(page, '#last-close', 'could not connect', 3000);
+      await waitForText(page, '#retries', /^[1-9]\d*$/);
 
       // A new process on the same port, with data the old one never had.
       const second = await startBrowserApp(sample, first.port);
