@@ -1,8 +1,6 @@
 import 'reflect-metadata';
 import { Injectable, Module } from '@nestjs/common';
 import type { Socket } from 'node:net';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import {
   BroadcastService,
   ConnectedSocket,
@@ -14,6 +12,7 @@ import {
   WsRoutesModule,
 } from '../../lib/index.js';
 import { CapturingLogger, startApp, type TestApp } from '../utils/app.js';
+import { settleGarbage } from '../utils/gc.js';
 import { delay, eventually, TestClient } from '../utils/ws-client.js';
 
 const KiB = 1024;
@@ -53,16 +52,6 @@ async function pausedClient(t: TestApp): Promise<TestClient> {
 }
 
 const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
-// Jest runs tests in a VM context without `gc`; this exposes V8's to the test.
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
-/** Buffers are freed by weak callbacks after a collection: collect, yield, collect. */
-async function settleGarbage(): Promise<void> {
-  gc();
-  await delay(50);
-  gc();
-}
-
 /** Counts the messages a client receives, and checks they arrive in order, keeping none. */
 function counter(client: TestClient) {
   const state = { count: 0, inOrder: true };

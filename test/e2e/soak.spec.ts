@@ -1,7 +1,5 @@
 import 'reflect-metadata';
 import { Module } from '@nestjs/common';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import {
   BroadcastService,
   ConnectedSocket,
@@ -13,10 +11,8 @@ import {
   WsRoutesModule,
 } from '../../lib/index.js';
 import { CapturingLogger, startApp } from '../utils/app.js';
-import { delay, eventually, TestClient } from '../utils/ws-client.js';
-
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
+import { settleGarbage } from '../utils/gc.js';
+import { eventually, TestClient } from '../utils/ws-client.js';
 
 @WsRoute('/churn', { rateLimit: false })
 class ChurnRoute {
@@ -42,9 +38,7 @@ describe('churn soak', () => {
       const registry = t.app.get(WsConnectionRegistry);
       const broadcast = t.app.get(BroadcastService);
       const heapAt = async () => {
-        gc();
-        await delay(50);
-        gc();
+        await settleGarbage();
         return process.memoryUsage().heapUsed;
       };
       // One warm-up round so that lazily created things (JIT, pools) are not counted as growth.
