@@ -2,6 +2,7 @@ import {
   Inject,
   Injectable,
   Logger,
+  type BeforeApplicationShutdown,
   type OnApplicationBootstrap,
   type OnApplicationShutdown,
   type OnModuleDestroy,
@@ -25,7 +26,7 @@ import {
   HandshakeResponse,
   type HandshakeRequest,
 } from './handshake/handshake-guards.js';
-import { watchHandshakes } from './handshake/handshake-timeout.js';
+import { watchHandshakes, type HandshakeWatch } from './handshake/handshake-timeout.js';
 import { OriginGuard } from './handshake/origin.guard.js';
 import { refuseUpgrade } from './handshake/refuse-upgrade.js';
 import { validateUpgrade } from './handshake/validate-upgrade.js';
@@ -70,7 +71,11 @@ const responseHeaders = new WeakMap<IncomingMessage, Record<string, string | num
  */
 @Injectable()
 export class WsRoutesGateway
-  implements OnApplicationBootstrap, OnModuleDestroy, OnApplicationShutdown
+  implements
+    OnApplicationBootstrap,
+    OnModuleDestroy,
+    BeforeApplicationShutdown,
+    OnApplicationShutdown
 {
   private readonly logger = new Logger('WsRoutes');
   private readonly matcher = new RouteMatcher<ActiveRoute>();
@@ -79,7 +84,7 @@ export class WsRoutesGateway
   private ownsServer = false;
   private closing = false;
   private shutdown: Promise<void> | undefined;
-  private stopWatchingHandshakes: (() => void) | undefined;
+  private handshakeWatch: HandshakeWatch | undefined;
   private readonly limiter: ConnectionLimiter;
   private readonly trustProxy: boolean | number;
   private readonly handshakeTimeout: number;
@@ -120,7 +125,7 @@ export class WsRoutesGateway
     this.server = this.resolveServer();
     UpgradeHub.of(this.server).add(this.onUpgrade);
     if (this.handshakeTimeout > 0)
-      this.stopWatchingHandshakes = watchHandshakes(this.server, this.handshakeTimeout);
+      this.handshakeWatch = watchHandshakes(this.server, this.handshakeTimeout);
     if (this.server.listenerCount('upgrade') > 1) {
       this.logger.warn(
         'Another "upgrade" listener is attached to the HTTP server. If it is @nestjs/platform-ws WsAdapter, ' +
@@ -136,10 +141,15 @@ export class WsRoutesGateway
     return (this.shutdown ??= this.closeConnections());
   }
 
+  /** Before Nest closes the HTTP server, which would wait for sockets that never sent a request. */
+  beforeApplicationShutdown(): void {
+    this.handshakeWatch?.dropPending();
+  }
+
   async onApplicationShutdown(): Promise<void> {
     await this.onModuleDestroy();
     if (this.server) UpgradeHub.of(this.server).remove(this.onUpgrade);
-    this.stopWatchingHandshakes?.();
+    this.handshakeWatch?.stop();
     for (const route of this.routes) route.wss.close();
     if (this.ownsServer && this.server?.listening) {
       const server = this.server;
@@ -434,6 +444,7 @@ export class WsRoutesGateway
 
   private async closeConnections(): Promise<void> {
     this.closing = true;
+    this.handshakeWatch?.dropPending();
     for (const route of this.routes) route.heartbeat?.stop();
     const timeout = this.options.shutdownTimeout ?? WS_ROUTES_DEFAULTS.shutdownTimeout;
     const deadline = Date.now() + timeout;

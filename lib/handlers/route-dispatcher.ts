@@ -28,6 +28,8 @@ interface Session {
   busy: boolean;
   /** `@OnOpen` threw: nothing else runs for this connection. */
   failed: boolean;
+  /** The close code the server sent after a protocol error (1002, 1007, 1009). */
+  protocolErrorCode: number | undefined;
   /** Set when the connection must close once the messages it already accepted are answered. */
   closeWhenIdle: { code: number; reason: string } | undefined;
   paused: boolean;
@@ -71,6 +73,7 @@ export class RouteDispatcher {
       busy: false,
       failed: false,
       closeWhenIdle: undefined,
+      protocolErrorCode: undefined,
       paused: false,
       queue: undefined,
       subscriptions: undefined,
@@ -385,6 +388,7 @@ export class RouteDispatcher {
   }
 
   private onSocketError(session: Session, error: Error): void {
+    session.protocolErrorCode ??= closeCodeOf(error);
     const code = (error as Error & { code?: string }).code;
     this.logger.warn(
       `${this.routeName}: connection ${session.conn.id} failed: ${error.message}${code ? ` (${code})` : ''}`,
@@ -394,7 +398,10 @@ export class RouteDispatcher {
 
   private onClose(session: Session, code: number, reason: Buffer): void {
     const { conn } = session;
-    conn.closeCode = code;
+    // After a protocol error ws sends its close frame and stops reading, so it never sees the
+    // peer's answer and reports 1006; @OnClose gets the code that was actually sent.
+    conn.closeCode =
+      code === CloseCode.Abnormal && session.protocolErrorCode ? session.protocolErrorCode : code;
     conn.closeReason = conn.terminationReason ?? reason.toString();
     this.registry.remove(conn);
     if (session.subscriptions) {
@@ -437,6 +444,15 @@ export class RouteDispatcher {
       );
     }
   }
+}
+
+/** The close code `ws` attached to a protocol error (its `kStatusCode` symbol). */
+function closeCodeOf(error: Error): number | undefined {
+  const key = Object.getOwnPropertySymbols(error).find(
+    (symbol) => symbol.description === 'status-code',
+  );
+  const code = key && (error as unknown as Record<symbol, unknown>)[key];
+  return typeof code === 'number' ? code : undefined;
 }
 
 function isThenable(value: unknown): value is PromiseLike<unknown> {

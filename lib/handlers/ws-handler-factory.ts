@@ -120,26 +120,36 @@ export class WsHandlerFactory {
   }
 
   createRouteHandlers(route: WsRouteDefinition): RouteHandlers {
-    // First: it takes the class's guards off the class, so the handlers below do not run them.
-    const handlers: RouteHandlers = {
-      events: new Map(),
-      handshake: this.createHandshakeGuards(route),
-    };
-    const taken = new Map<string, string>();
-    for (const definition of route.handlers) {
-      const slot = definition.event === undefined ? definition.kind : `message:${definition.event}`;
-      const previous = taken.get(slot);
-      if (previous) {
-        throw new Error(
-          `${route.routeClass.name}: ${previous}() and ${definition.methodName}() both handle ${describe(definition.kind, definition.event)}`,
-        );
+    // The class's guards belong to the handshake. Nest reads class guards from the class
+    // itself, so they are taken off it while the handlers are bound (the bound handlers keep
+    // what they saw) and put back after, for the next application built from this class.
+    const { routeClass } = route;
+    const classGuards: unknown[] | undefined = Reflect.getMetadata(GUARDS_METADATA, routeClass);
+    if (classGuards?.length) Reflect.deleteMetadata(GUARDS_METADATA, routeClass);
+    try {
+      const handlers: RouteHandlers = {
+        events: new Map(),
+        handshake: this.createHandshakeGuards(route, classGuards ?? []),
+      };
+      const taken = new Map<string, string>();
+      for (const definition of route.handlers) {
+        const slot =
+          definition.event === undefined ? definition.kind : `message:${definition.event}`;
+        const previous = taken.get(slot);
+        if (previous) {
+          throw new Error(
+            `${routeClass.name}: ${previous}() and ${definition.methodName}() both handle ${describe(definition.kind, definition.event)}`,
+          );
+        }
+        taken.set(slot, definition.methodName);
+        const bound = this.bind(route, definition.methodName);
+        if (definition.event !== undefined) handlers.events.set(definition.event, bound);
+        else handlers[definition.kind as Exclude<WsHandlerKind, never>] = bound;
       }
-      taken.set(slot, definition.methodName);
-      const bound = this.bind(route, definition.methodName);
-      if (definition.event !== undefined) handlers.events.set(definition.event, bound);
-      else handlers[definition.kind as Exclude<WsHandlerKind, never>] = bound;
+      return handlers;
+    } finally {
+      if (classGuards?.length) Reflect.defineMetadata(GUARDS_METADATA, classGuards, routeClass);
     }
-    return handlers;
   }
 
   /**
@@ -149,19 +159,16 @@ export class WsHandlerFactory {
    *
    * Class guards authenticate the connection once, at the upgrade; running them again before
    * every handler would call guards written for the request with a connection, and verify a
-   * token per message. So they move from the class to the handshake: Nest reads class guards
-   * from the class itself, and this is the one place that knows the class is a route.
+   * token per message. So they are given to the handshake as if they were its own.
    */
-  private createHandshakeGuards(route: WsRouteDefinition): HandshakeInvoker {
-    const { routeClass } = route;
+  private createHandshakeGuards(
+    route: WsRouteDefinition,
+    classGuards: unknown[],
+  ): HandshakeInvoker {
     const handshake = function handshake(): boolean {
       return true;
     };
-    const classGuards: unknown[] | undefined = Reflect.getMetadata(GUARDS_METADATA, routeClass);
-    if (classGuards?.length) {
-      Reflect.defineMetadata(GUARDS_METADATA, classGuards, handshake);
-      Reflect.deleteMetadata(GUARDS_METADATA, routeClass);
-    }
+    if (classGuards.length) Reflect.defineMetadata(GUARDS_METADATA, classGuards, handshake);
     return this.contextCreator.create(
       route.instance,
       handshake,

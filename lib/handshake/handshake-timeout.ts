@@ -2,21 +2,28 @@ import type { Server } from 'node:http';
 import { Server as TlsServer } from 'node:tls';
 import type { Socket } from 'node:net';
 
-const timers = new WeakMap<Socket, NodeJS.Timeout>();
+/** Sockets that have not sent their first request yet, with their cut-off timer. */
+const pending = new Map<Socket, { server: Server; timer: NodeJS.Timeout }>();
 const RESPONSE_408 =
   'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+
+/** Stops watching a server; `dropPending()` also closes its sockets that never sent a request. */
+export interface HandshakeWatch {
+  stop(): void;
+  dropPending(): void;
+}
 
 /**
  * Cuts off connections that do not finish their first request (the upgrade request, typically)
  * within `timeout` ms of connecting: the slowloris defence. Node's own `headersTimeout` is
  * checked only every `connectionsCheckingInterval` (30 s by default) and cannot be tightened on
- * a server that already exists. Returns the function that stops watching.
+ * a server that already exists.
  */
-export function watchHandshakes(server: Server, timeout: number): () => void {
+export function watchHandshakes(server: Server, timeout: number): HandshakeWatch {
   const connectionEvent = server instanceof TlsServer ? 'secureConnection' : 'connection';
   const onConnection = (socket: Socket) => {
     const timer = setTimeout(() => {
-      timers.delete(socket);
+      pending.delete(socket);
       if (socket.writable) {
         socket.once('finish', () => socket.destroy());
         socket.end(RESPONSE_408);
@@ -25,24 +32,35 @@ export function watchHandshakes(server: Server, timeout: number): () => void {
       }
     }, timeout);
     timer.unref();
-    timers.set(socket, timer);
+    pending.set(socket, { server, timer });
     socket.once('close', () => handshakeArrived(socket));
   };
   const onRequest = (request: { socket: Socket }) => handshakeArrived(request.socket);
   // Upgrades are cleared by the UpgradeHub's listener, which calls handshakeArrived().
   server.on(connectionEvent, onConnection);
   server.on('request', onRequest);
-  return () => {
-    server.off(connectionEvent, onConnection);
-    server.off('request', onRequest);
+  return {
+    stop: () => {
+      server.off(connectionEvent, onConnection);
+      server.off('request', onRequest);
+    },
+    // At shutdown: browsers open spare connections that may never send a request, and
+    // `server.close()` would wait for them until the timeout above.
+    dropPending: () => {
+      for (const [socket, entry] of pending) {
+        if (entry.server !== server) continue;
+        handshakeArrived(socket);
+        socket.destroy();
+      }
+    },
   };
 }
 
 /** The socket's request arrived (or it closed): it is no longer a slow handshake. */
 export function handshakeArrived(socket: Socket): void {
-  const timer = timers.get(socket);
-  if (timer) {
-    clearTimeout(timer);
-    timers.delete(socket);
+  const entry = pending.get(socket);
+  if (entry) {
+    clearTimeout(entry.timer);
+    pending.delete(socket);
   }
 }

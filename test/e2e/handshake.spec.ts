@@ -278,6 +278,19 @@ describe('handshake', () => {
       expect(registry.size).toBe(0);
     });
 
+    it('keeps guarding when the same module is started again in this process', async () => {
+      const second = await startApp(AppModule, { logger });
+      try {
+        expect((await refusedUpgrade(second.url('/private/x'))).status).toBe(401);
+        const client = await TestClient.open(second.url('/private/x?token=alice'));
+        expect((await client.nextJson()).user.name).toBe('alice');
+        await client.close();
+      } finally {
+        await second.app.close();
+      }
+      expect((await refusedUpgrade(t.url('/private/x'))).status).toBe(401);
+    });
+
     it('resolves guard classes of the route options with injection', async () => {
       const client = await TestClient.open(t.url('/flagged'));
       expect(await client.next()).toBe('flag up');

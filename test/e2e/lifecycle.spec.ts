@@ -87,6 +87,9 @@ class SmallRoute {
   @OnError() failed(conn: WsConnection, error: Error) {
     this.journal.errors.push(`${conn.route}: ${error.message}`);
   }
+  @OnClose() closed(conn: WsConnection) {
+    this.journal.closes.push({ route: 'small', code: conn.closeCode });
+  }
 }
 
 @WsRoute('/beat', { heartbeat: { interval: 150, timeout: 100 } })
@@ -227,6 +230,9 @@ describe('connection lifecycle', () => {
     await eventually(() =>
       journal.errors.some((line) => line.startsWith('/small: Max payload size exceeded')),
     );
+    // @OnClose sees the code the client got, not the 1006 of a socket that stopped reading.
+    await eventually(() => journal.closes.some((entry) => entry.route === 'small'));
+    expect(journal.closes.find((entry) => entry.route === 'small')?.code).toBe(1009);
     other.send('0123456789abcdef');
     expect(await other.next()).toBe('0123456789abcdef');
     await other.close();
@@ -285,6 +291,11 @@ describe('shutdown', () => {
     const journal = t.app.get(Journal);
     const polite = await TestClient.open(t.url('/closing'));
     const stubborn = await rawUpgrade(t.port, '/closing');
+    // A connection that never sends a request (browsers open spare ones) must not hold the
+    // HTTP server's close until the 10 s handshake timeout.
+    const idle = connect(t.port, '127.0.0.1');
+    idle.on('error', () => undefined);
+    await new Promise((resolve) => idle.once('connect', resolve));
     await eventually(() => t.app.get(WsConnectionRegistry).size === 2);
 
     const started = Date.now();
@@ -304,6 +315,7 @@ describe('shutdown', () => {
       .map((entry) => entry.code);
     expect(codes.sort()).toEqual([1001, 1006]);
     stubborn.destroy();
+    idle.destroy();
   });
 });
 
