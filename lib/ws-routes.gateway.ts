@@ -1,20 +1,26 @@
 import {
+  HttpException,
   Inject,
   Injectable,
   Logger,
   type BeforeApplicationShutdown,
+  type CanActivate,
   type OnApplicationBootstrap,
   type OnApplicationShutdown,
   type OnModuleDestroy,
 } from '@nestjs/common';
-import { HttpException, type CanActivate } from '@nestjs/common';
 import { HttpAdapterHost, ModuleRef } from '@nestjs/core';
 import { parse as parseCookies } from 'cookie';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { SHUTDOWN_CLOSE_REASON, WS_ROUTES_DEFAULTS, CloseCode } from './ws-routes.constants.js';
+import {
+  CloseCode,
+  INTERNAL_ERROR_MESSAGE,
+  SHUTDOWN_CLOSE_REASON,
+  WS_ROUTES_DEFAULTS,
+} from './ws-routes.constants.js';
 import { WS_ROUTES_OPTIONS } from './ws-routes.module-definition.js';
 import type { WsRoutesModuleOptions } from './interfaces/ws-routes-module-options.interface.js';
 import type { HeartbeatOptions } from './interfaces/heartbeat-options.interface.js';
@@ -42,7 +48,6 @@ import { Heartbeat } from './connection/heartbeat.js';
 import { RouteDispatcher } from './handlers/route-dispatcher.js';
 import { WsHandlerFactory } from './handlers/ws-handler-factory.js';
 import { WsRoutesExceptionFilter } from './handlers/ws-routes-exception-filter.js';
-import { INTERNAL_ERROR_MESSAGE } from './ws-routes.constants.js';
 
 /** A route as it runs: its `ws` server (for the protocol), checks, dispatcher and heartbeat. */
 interface ActiveRoute {
@@ -409,14 +414,7 @@ export class WsRoutesGateway
     if (error instanceof HttpException) {
       const status = error.getStatus();
       if (status >= 500) this.logger.error(`Upgrade of ${request.url} failed`, error.stack);
-      const body = error.getResponse();
-      this.refuse(
-        request,
-        socket,
-        status,
-        typeof body === 'string' ? body : body,
-        response.headers,
-      );
+      this.refuse(request, socket, status, error.getResponse(), response.headers);
       return;
     }
     this.logger.error(
