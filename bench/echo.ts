@@ -7,6 +7,7 @@
 import { errorText, Histogram, sleep } from './lib/common.js';
 import { echoRequest } from './lib/common.js';
 import type { Config } from './lib/config.js';
+import { cpuMonitor, CpuMonitor } from './lib/cpu-monitor.js';
 import type { Child } from './lib/ipc.js';
 import { startServer, type ProcessOptions, type ServerHandle } from './lib/processes.js';
 import { closeAll, connectAll, cpuMs, type ServerStats } from './fanout.js';
@@ -30,6 +31,8 @@ export interface EchoVariantResult {
   logged?: ServerStats['logged'];
   clientErrors?: Record<string, number>;
   stderr: string[];
+  /** Cores other processes (not the bench's) kept busy during this variant, on average. */
+  foreignCores?: number;
 }
 
 export async function runEchoVariant(
@@ -56,6 +59,7 @@ export async function runEchoVariant(
     stderr: [],
   };
   let server: ServerHandle | undefined;
+  const cpuStart = cpuMonitor.snapshot();
   try {
     server = await startServer(variant, processes);
     result.info = server.info;
@@ -98,6 +102,7 @@ export async function runEchoVariant(
     result.error = errorText(error);
     log(`  ${variant}: error: ${result.error}`);
   } finally {
+    result.foreignCores = CpuMonitor.foreignCores(cpuStart, cpuMonitor.snapshot());
     result.clientErrors = await closeAll(server, clients);
     result.stderr = server?.child.stderrLines ?? [];
   }

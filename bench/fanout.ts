@@ -5,6 +5,7 @@
  */
 import { errorText, Histogram, median, sleep, withTimeout } from './lib/common.js';
 import type { Config } from './lib/config.js';
+import { cpuMonitor, CpuMonitor } from './lib/cpu-monitor.js';
 import type { Child } from './lib/ipc.js';
 import { shares, startServer, type ProcessOptions, type ServerHandle } from './lib/processes.js';
 
@@ -88,6 +89,8 @@ export interface FanoutVariantResult {
   logged?: ServerStats['logged'];
   clientErrors?: Record<string, number>;
   stderr: string[];
+  /** Cores other processes (not the bench's) kept busy during this variant, on average. */
+  foreignCores?: number;
 }
 
 export async function connectAll(
@@ -264,6 +267,7 @@ export async function runFanoutVariant(
 ): Promise<FanoutVariantResult> {
   const result: FanoutVariantResult = { variant, status: 'ok', info: {}, rounds: [], stderr: [] };
   let server: ServerHandle | undefined;
+  const cpuStart = cpuMonitor.snapshot();
   try {
     server = await startServer(variant, processes);
     result.info = server.info;
@@ -316,6 +320,7 @@ export async function runFanoutVariant(
     result.error = errorText(error);
     log(`  ${variant}: error: ${result.error}`);
   } finally {
+    result.foreignCores = CpuMonitor.foreignCores(cpuStart, cpuMonitor.snapshot());
     result.clientErrors = await closeAll(server, clients);
     result.stderr = server?.child.stderrLines ?? [];
   }

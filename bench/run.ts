@@ -14,6 +14,7 @@ import { errorText, now } from './lib/common.js';
 import { parseConfig, USAGE, type Config } from './lib/config.js';
 import type { Child } from './lib/ipc.js';
 import { openLog } from './lib/ipc.js';
+import { cpuMonitor, CpuMonitor } from './lib/cpu-monitor.js';
 import { cpuBusy, machineInfo, waitQuiet, type MachineInfo } from './lib/machine.js';
 import { fdLimits, startClients, type ProcessOptions } from './lib/processes.js';
 import { markdown, REFERENCE } from './lib/report.js';
@@ -78,9 +79,9 @@ function collectNotes(
   const busy = [machine.busyBefore, machine.busyAfter].map((b) =>
     Number.isFinite(b) ? `${Math.round(b! * 100)} %` : '?',
   );
-  if ((machine.busyBefore ?? 0) > 0.15 || (machine.busyAfter ?? 0) > 0.15)
+  if ((machine.foreignCores ?? 0) > 0.1)
     notes.push(
-      `the machine was not quiet: ${busy[0]} of its CPU busy just before the run and ${busy[1]} just after (other processes share the 2 cores): wall-clock figures (end-to-end, round trips/s, latencies) are noisier than the server CPU figures`,
+      `the machine was not quiet: other processes kept ${machine.foreignCores!.toFixed(2)} of its ${machine.cores} cores busy on average (${busy[0]} busy just before the run, ${busy[1]} just after); see "other load" per variant: wall-clock figures (end-to-end, round trips/s, latencies) suffer most, server CPU per message much less`,
     );
   notes.push(`children's stdout/stderr: ${logFile}`);
   return notes;
@@ -189,7 +190,9 @@ async function main(): Promise<void> {
     ? await waitQuiet(config.waitIdle * 1000, log)
     : await cpuBusy(2000);
   machine.loadAverage = loadavg().map((v) => Math.round(v * 100) / 100);
+  const runCpu = cpuMonitor.snapshot();
   const finish = async () => {
+    machine.foreignCores = CpuMonitor.foreignCores(runCpu, cpuMonitor.snapshot());
     machine.busyAfter = await cpuBusy(2000);
     machine.loadAverageEnd = loadavg().map((v) => Math.round(v * 100) / 100);
   };

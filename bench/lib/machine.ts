@@ -13,6 +13,8 @@ export interface MachineInfo {
   busyBefore?: number;
   busyAfter?: number;
   loadAverageEnd?: number[];
+  /** Cores other processes kept busy on average during the run. */
+  foreignCores?: number;
   packages: Record<string, string>;
   /** Filled in from the servers: which uWS build loaded, … */
   builds: Record<string, string>;
@@ -76,10 +78,11 @@ export async function cpuBusy(ms: number): Promise<number> {
 export async function waitQuiet(maxMs: number, log: (line: string) => void): Promise<number> {
   const until = Date.now() + maxMs;
   let busy = await cpuBusy(2000);
-  while (busy > 0.15 && Date.now() < until) {
-    log(
-      `  machine ${Math.round(busy * 100)} % busy with other processes; waiting for it to calm down`,
-    );
+  for (let check = 0; busy > 0.15 && Date.now() < until; check++) {
+    if (check % 6 === 0)
+      log(
+        `  machine ${Math.round(busy * 100)} % busy with other processes; waiting for it to calm down`,
+      );
     busy = await cpuBusy(5000);
   }
   return busy;

@@ -2,6 +2,7 @@
 import { execFileSync } from 'node:child_process';
 import type { WriteStream } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { cpuMonitor } from './cpu-monitor.js';
 import { Child } from './ipc.js';
 
 const SERVER_SCRIPT = fileURLToPath(new URL('../server.js', import.meta.url));
@@ -41,6 +42,7 @@ export async function startServer(
     raiseFdLimit: options.raiseFdLimit,
     log: options.log,
   });
+  cpuMonitor.track(child.proc.pid);
   try {
     const ready = await child.next('ready', 30_000);
     const url =
@@ -74,6 +76,7 @@ export async function startClients(count: number, options: ProcessOptions): Prom
       log: options.log,
     }),
   );
+  for (const client of clients) cpuMonitor.track(client.proc.pid);
   await Promise.all(clients.map((client) => client.next('ready', 30_000)));
   return clients;
 }

@@ -159,7 +159,7 @@ export function machineLine(machine: MachineInfo): string {
     .join('; ');
   return [
     `- Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, ${machine.os}; open files limit ${machine.fdLimit}`,
-    `- Other load: CPU ${pct(machine.busyBefore)} busy just before the run, ${pct(machine.busyAfter)} just after; load average ${machine.loadAverage.join(' ')} at the start${machine.loadAverageEnd ? `, ${machine.loadAverageEnd.join(' ')} at the end` : ''}`,
+    `- Other load: ${machine.foreignCores !== undefined ? `other processes kept ${fmt(machine.foreignCores, 2)} of the ${machine.cores} cores busy on average during the run; ` : ''}CPU ${pct(machine.busyBefore)} busy just before the run, ${pct(machine.busyAfter)} just after; load average ${machine.loadAverage.join(' ')} at the start${machine.loadAverageEnd ? `, ${machine.loadAverageEnd.join(' ')} at the end` : ''}`,
     `- Node ${machine.node}; ws ${p.ws} (platform-ws brings ws ${p['ws (in platform-ws)']}, engine.io ws ${p['ws (in engine.io)']}); bufferutil ${machine.bufferutil}`,
     `- @nestjs/core ${p['@nestjs/core']}, @nestjs/platform-ws ${p['@nestjs/platform-ws']}, @nestjs/platform-socket.io ${p['@nestjs/platform-socket.io']}, socket.io ${p['socket.io']} / socket.io-client ${p['socket.io-client']}`,
     ...(builds ? [`- ${builds}`] : []),
@@ -179,7 +179,7 @@ export function markdown(
   out.push(machineLine(machine));
   out.push(
     `- Load: ${config.workers} client processes on the same 2 cores as the server (server CPU is \`process.cpuUsage()\` inside the server process); loopback only; run time ${fmt(runtimeS, 0)} s`,
-    `- Every figure is followed by its ratio to \`${REFERENCE}\` (raw ws, best loop).`,
+    `- Every figure is followed by its ratio to \`${REFERENCE}\` (raw ws, best loop). "Other load": cores kept busy by processes outside the bench while that variant ran (0 on a quiet machine, 2 = the whole machine); wall-clock figures of a row with other load are pessimistic, its server CPU figures much less so.`,
     '',
   );
   const ref = fanout.find((r) => r.variant === REFERENCE);
@@ -193,8 +193,13 @@ export function markdown(
     );
     const rows = fanout.map((r) =>
       r.status !== 'ok'
-        ? [r.variant, `${r.status}: ${r.error ?? ''}`, '', '', '', '', '', '', '']
-        : [r.variant, ...fanoutCells(r.burst, ref?.burst), ...fanoutCells(r.paced, ref?.paced)],
+        ? [r.variant, `${r.status}: ${r.error ?? ''}`, '', '', '', '', '', '', '', '']
+        : [
+            r.variant,
+            ...fanoutCells(r.burst, ref?.burst),
+            ...fanoutCells(r.paced, ref?.paced),
+            fmt(r.foreignCores ?? NaN, 2),
+          ],
     );
     out.push(
       table(
@@ -208,6 +213,7 @@ export function markdown(
           'paced throughput',
           'paced CPU/delivery',
           'paced p50 / p99',
+          'other load (cores)',
         ],
         rows,
       ),
@@ -271,16 +277,24 @@ export function markdown(
       `\`${REFERENCE}\` here is the raw ws echo server (the same for ws-naive).`,
       '',
       table(
-        ['variant', 'round trips/s', 'server CPU/reply', 'server CPU (cores)', 'RTT p50 / p99'],
+        [
+          'variant',
+          'round trips/s',
+          'server CPU/reply',
+          'server CPU (cores)',
+          'RTT p50 / p99',
+          'other load (cores)',
+        ],
         echo.map((r) =>
           r.status !== 'ok'
-            ? [r.variant, `${r.status}: ${r.error ?? ''}`, '', '', '']
+            ? [r.variant, `${r.status}: ${r.error ?? ''}`, '', '', '', '']
             : [
                 r.variant + (r.badReplies ? ` (${r.badReplies} bad replies!)` : ''),
                 cell(r.roundTripsPerSecond, eref?.roundTripsPerSecond ?? NaN),
                 cell(r.serverCpuUsPerReply, eref?.serverCpuUsPerReply ?? NaN, ' µs'),
                 fmt(r.serverCores, 2),
                 `${fmt(r.p50Ms)} / ${fmt(r.p99Ms)} ms (${ratio(r.p50Ms, eref?.p50Ms ?? NaN)} / ${ratio(r.p99Ms, eref?.p99Ms ?? NaN)})`,
+                fmt(r.foreignCores ?? NaN, 2),
               ],
         ),
       ),
