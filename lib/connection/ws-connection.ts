@@ -23,6 +23,14 @@ export interface WsSendOptions {
   volatile?: boolean;
 }
 
+/** Outgoing-buffer events of a connection, for the route that handles them. */
+export interface OutboundEvents {
+  /** Whether `onDrain` is wanted (arming it costs a listener). */
+  readonly watchesDrain: boolean;
+  onOverflow(conn: WsConnection, policy: OutboundPolicy): void;
+  onDrain(conn: WsConnection): void;
+}
+
 /** No limits: connections created outside a route (never, in practice) and tests. */
 const UNLIMITED: OutboundPolicy = {
   maxBufferedAmount: Infinity,
@@ -74,10 +82,8 @@ export class WsConnection<TData extends object = Record<string, any>> {
    * outgoing ones skipped as `volatile` or by the `'drop'` slow-consumer policy.
    */
   droppedMessages = 0;
-  /** @internal Called once the outgoing buffer drained after passing the low watermark. */
-  onDrain: (() => void) | undefined = undefined;
-  /** @internal Called when the outgoing buffer passes `maxBufferedAmount`. */
-  onOverflow: ((policy: OutboundPolicy) => void) | undefined = undefined;
+  /** @internal Told about outgoing-buffer events: shared by every connection of a route. */
+  outboundEvents: OutboundEvents | undefined = undefined;
   private drainArmed = false;
   /** Outgoing bytes queued before this turn's first write; what backpressure judges. */
   private backlog = 0;
@@ -213,7 +219,7 @@ export class WsConnection<TData extends object = Record<string, any>> {
         return false;
       }
       if (this.backlog > outbound.maxBufferedAmount) {
-        this.onOverflow?.(outbound);
+        this.outboundEvents?.onOverflow(this, outbound);
         if (outbound.slowConsumer === 'drop') this.droppedMessages++;
         else this.close(CloseCode.TryAgainLater, 'Slow consumer');
         return false;
@@ -221,7 +227,11 @@ export class WsConnection<TData extends object = Record<string, any>> {
     }
     if (frame && canWriteFrame(socket)) raw.write(frame);
     else socket.send(payload, { binary });
-    if (!this.drainArmed && this.onDrain && socket.bufferedAmount > outbound.lowWatermark)
+    if (
+      !this.drainArmed &&
+      this.outboundEvents?.watchesDrain &&
+      socket.bufferedAmount > outbound.lowWatermark
+    )
       this.armDrain();
     return true;
   }
@@ -232,7 +242,7 @@ export class WsConnection<TData extends object = Record<string, any>> {
     this.drainArmed = true;
     raw.once('drain', () => {
       this.drainArmed = false;
-      if (this.readyState === WsConnection.OPEN) this.onDrain?.();
+      if (this.readyState === WsConnection.OPEN) this.outboundEvents?.onDrain(this);
     });
   }
 

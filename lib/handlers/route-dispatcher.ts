@@ -2,9 +2,10 @@ import { HttpException, Logger } from '@nestjs/common';
 import { ExecutionContextHost } from '@nestjs/core/helpers/execution-context-host.js';
 import { WsException } from '@nestjs/websockets';
 import { isObservable, type Observable, type Subscription } from 'rxjs';
-import type { RawData } from 'ws';
+import type { RawData, WebSocket } from 'ws';
 import { CloseCode, INTERNAL_ERROR_MESSAGE } from '../ws-routes.constants.js';
-import type { WsConnection } from '../connection/ws-connection.js';
+import type { OutboundEvents, WsConnection } from '../connection/ws-connection.js';
+import type { OutboundPolicy } from '../connection/outbound.js';
 import type { WsConnectionRegistry } from '../connection/ws-connection-registry.js';
 import type { RateLimiter } from '../connection/rate-limiter.js';
 import { truncateCloseReason } from '../connection/truncate-utf8.js';
@@ -18,11 +19,36 @@ import type { WsRoutesExceptionFilter } from './ws-routes-exception-filter.js';
  */
 const MAX_QUEUED_MESSAGES = 1024;
 
+const kSession = Symbol('nestjs-ws-routes:session');
+type SessionSocket = WebSocket & { [kSession]: Session };
+
+function onMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
+  const session = (this as SessionSocket)[kSession];
+  session.dispatcher.receive(session, data as Buffer, isBinary);
+}
+function onClose(this: WebSocket, code: number, reason: Buffer): void {
+  const session = (this as SessionSocket)[kSession];
+  session.dispatcher.onClose(session, code, reason);
+}
+function onError(this: WebSocket, error: Error): void {
+  const session = (this as SessionSocket)[kSession];
+  session.dispatcher.onSocketError(session, error);
+}
+function onPong(this: WebSocket, payload: Buffer): void {
+  const session = (this as SessionSocket)[kSession];
+  session.dispatcher.onHeartbeatFrame(session, 'pong', payload);
+}
+function onPing(this: WebSocket, payload: Buffer): void {
+  const session = (this as SessionSocket)[kSession];
+  session.dispatcher.onHeartbeatFrame(session, 'ping', payload);
+}
+
 /** Longest event name quoted back in an "unknown event" answer. */
 const MAX_QUOTED_EVENT = 64;
 
 /** Per-connection state of the dispatcher. */
 interface Session {
+  dispatcher: RouteDispatcher;
   conn: WsConnection;
   /** A handler of this connection is running; later messages wait in `queue`, in order. */
   busy: boolean;
@@ -51,7 +77,7 @@ interface Target {
  * a time, in arrival order, so replies keep the order of the messages that caused them (as in
  * Tornado and Jakarta WebSocket); different connections never wait for each other.
  */
-export class RouteDispatcher {
+export class RouteDispatcher implements OutboundEvents {
   private readonly pendingCloses = new Set<Promise<void>>();
   private readonly acceptsJsonEvents: boolean;
 
@@ -69,6 +95,7 @@ export class RouteDispatcher {
   /** Binds a freshly registered connection to this route's handlers and runs `@OnOpen`. */
   attach(conn: WsConnection): void {
     const session: Session = {
+      dispatcher: this,
       conn,
       busy: false,
       failed: false,
@@ -79,33 +106,45 @@ export class RouteDispatcher {
       subscriptions: undefined,
       whenIdle: undefined,
     };
-    const { socket } = conn;
-    socket.on('message', (data: RawData, isBinary: boolean) =>
-      this.receive(session, data as Buffer, isBinary),
-    );
-    socket.on('close', (code: number, reason: Buffer) => this.onClose(session, code, reason));
-    socket.on('error', (error: Error) => this.onSocketError(session, error));
-    socket.on('pong', (payload: Buffer) => {
-      conn.alive = true;
-      if (this.handlers.pong) this.runHook(this.handlers.pong, conn, payload);
-    });
-    socket.on('ping', (payload: Buffer) => {
-      conn.alive = true;
-      if (this.handlers.ping) this.runHook(this.handlers.ping, conn, payload);
-    });
-    const drain = this.handlers.drain;
-    if (drain) conn.onDrain = () => void this.runHook(drain, conn, undefined);
-    conn.onOverflow = (policy) => {
-      if (conn.droppedMessages === 0 || policy.slowConsumer === 'close') {
-        this.logger.warn(
-          `${this.routeName}: connection ${conn.id} has over ${policy.maxBufferedAmount} bytes waiting to be sent; ` +
-            (policy.slowConsumer === 'close'
-              ? 'closing it with 1013'
-              : 'dropping messages until it catches up'),
-        );
-      }
-    };
+    // The listeners are shared by every socket and find their session on it: five closures
+    // per connection would cost more heap than the connection's own state.
+    const socket = conn.socket as SessionSocket;
+    socket[kSession] = session;
+    socket.on('message', onMessage);
+    socket.on('close', onClose);
+    socket.on('error', onError);
+    socket.on('pong', onPong);
+    socket.on('ping', onPing);
+    conn.outboundEvents = this;
     if (this.handlers.open) this.open(session, this.handlers.open);
+  }
+
+  get watchesDrain(): boolean {
+    return this.handlers.drain !== undefined;
+  }
+
+  /** @internal `OutboundEvents`: the connection's queue passed `maxBufferedAmount`. */
+  onOverflow(conn: WsConnection, policy: OutboundPolicy): void {
+    if (conn.droppedMessages === 0 || policy.slowConsumer === 'close') {
+      this.logger.warn(
+        `${this.routeName}: connection ${conn.id} has over ${policy.maxBufferedAmount} bytes waiting to be sent; ` +
+          (policy.slowConsumer === 'close'
+            ? 'closing it with 1013'
+            : 'dropping messages until it catches up'),
+      );
+    }
+  }
+
+  /** @internal `OutboundEvents`: the connection's queue drained. */
+  onDrain(conn: WsConnection): void {
+    if (this.handlers.drain) void this.runHook(this.handlers.drain, conn, undefined);
+  }
+
+  /** @internal A ping or pong arrived. */
+  onHeartbeatFrame(session: Session, kind: 'ping' | 'pong', payload: Buffer): void {
+    session.conn.alive = true;
+    const handler = this.handlers[kind];
+    if (handler) void this.runHook(handler, session.conn, payload);
   }
 
   /** Resolves when every `@OnClose` that has started has finished. */
@@ -152,7 +191,8 @@ export class RouteDispatcher {
     this.release(session);
   }
 
-  private receive(session: Session, data: Buffer, isBinary: boolean): void {
+  /** @internal */
+  receive(session: Session, data: Buffer, isBinary: boolean): void {
     session.conn.alive = true;
     if (session.failed || session.closeWhenIdle) return;
     if (this.rateLimiter && !this.rateLimiter.take(session.conn)) {
@@ -387,7 +427,8 @@ export class RouteDispatcher {
     this.defaultFilter.catch(error, host);
   }
 
-  private onSocketError(session: Session, error: Error): void {
+  /** @internal */
+  onSocketError(session: Session, error: Error): void {
     session.protocolErrorCode ??= closeCodeOf(error);
     const code = (error as Error & { code?: string }).code;
     this.logger.warn(
@@ -396,7 +437,8 @@ export class RouteDispatcher {
     this.runErrorHook(session.conn, error);
   }
 
-  private onClose(session: Session, code: number, reason: Buffer): void {
+  /** @internal */
+  onClose(session: Session, code: number, reason: Buffer): void {
     const { conn } = session;
     // After a protocol error ws sends its close frame and stops reading, so it never sees the
     // peer's answer and reports 1006; @OnClose gets the code that was actually sent.
