@@ -12,8 +12,7 @@ import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { errorText, now } from './lib/common.js';
 import { parseConfig, USAGE, type Config } from './lib/config.js';
-import type { Child } from './lib/ipc.js';
-import { openLog } from './lib/ipc.js';
+import { Child, openLog } from './lib/ipc.js';
 import { cpuMonitor, CpuMonitor } from './lib/cpu-monitor.js';
 import { cpuBusy, machineInfo, waitQuiet, type MachineInfo } from './lib/machine.js';
 import { fdLimits, startClients, type ProcessOptions } from './lib/processes.js';
@@ -87,6 +86,28 @@ function collectNotes(
   return notes;
 }
 
+/**
+ * Fresh load processes connect and parse more slowly until V8 has compiled their hot paths:
+ * without this, the first variant measured (ws-naive) would pay for it. Results are dropped.
+ */
+async function warmUp(clients: Child[], config: Config, processes: ProcessOptions) {
+  log('warm-up of the load processes (not reported)');
+  const small: Config = {
+    ...config,
+    n: Math.min(config.n, 1000),
+    messages: Math.min(config.messages, 50),
+    rounds: 1,
+    echoConns: Math.min(config.echoConns, 200),
+    echoWarmupMs: 300,
+    echoMs: 1000,
+  };
+  const quiet = () => undefined;
+  await runFanoutVariant(REFERENCE, clients, small, processes, quiet);
+  if (config.variants.includes('socketio'))
+    await runFanoutVariant('socketio', clients, { ...small, n: 200 }, processes, quiet);
+  await runEchoVariant(REFERENCE, clients, small, processes, quiet);
+}
+
 async function runBench(
   config: Config,
   processes: ProcessOptions,
@@ -104,6 +125,7 @@ async function runBench(
   const fanout: FanoutVariantResult[] = [];
   const echo: EchoVariantResult[] = [];
   try {
+    await warmUp(clients, config, processes);
     if (config.scenarios.includes('fanout')) {
       log('fan-out, accept rate, idle memory:');
       for (const variant of config.variants) {
@@ -217,7 +239,16 @@ async function main(): Promise<void> {
   processes.log.end();
 }
 
-process.on('SIGINT', () => process.exit(130));
+for (const [signal, code] of [
+  ['SIGINT', 130],
+  ['SIGTERM', 143],
+] as const) {
+  process.on(signal, () => {
+    // A server in a long synchronous send loop would notice the lost channel only after it.
+    Child.killAll();
+    process.exit(code);
+  });
+}
 main().catch((error) => {
   log(`bench failed: ${error?.stack ?? error}`);
   process.exit(1);

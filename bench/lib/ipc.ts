@@ -51,6 +51,13 @@ export interface ForkOptions {
 
 /** Parent side: a forked child with request/answer calls and events, all bounded in time. */
 export class Child extends EventEmitter {
+  /** Every child still running, so that an interrupted run can end them (by pid). */
+  static readonly running = new Set<Child>();
+
+  static killAll(): void {
+    for (const child of Child.running) child.proc.kill('SIGKILL');
+  }
+
   private nextId = 1;
   private readonly pending = new Map<
     number,
@@ -78,7 +85,9 @@ export class Child extends EventEmitter {
         this.emit(message.event, message);
       }
     });
+    Child.running.add(this);
     proc.on('exit', (code, signal) => {
+      Child.running.delete(this);
       this.exited = true;
       this.exitInfo = signal ? `signal ${signal}` : `code ${code}`;
       for (const [id, call] of this.pending) {
