@@ -4,8 +4,7 @@
  * back, send again. After a warm-up, round trips and the server's CPU time are counted over a
  * fixed window.
  */
-import { errorText, Histogram, sleep } from './lib/common.js';
-import { echoRequest } from './lib/common.js';
+import { echoRequest, errorText, Histogram, median, sleep } from './lib/common.js';
 import type { Config } from './lib/config.js';
 import { cpuMonitor, CpuMonitor } from './lib/cpu-monitor.js';
 import type { Child } from './lib/ipc.js';
@@ -33,6 +32,8 @@ export interface EchoVariantResult {
   stderr: string[];
   /** Cores other processes (not the bench's) kept busy during this variant, on average. */
   foreignCores?: number;
+  /** With several rounds: each of them (the fields above are their medians). */
+  rounds?: EchoVariantResult[];
 }
 
 export async function runEchoVariant(
@@ -107,4 +108,45 @@ export async function runEchoVariant(
     result.stderr = server?.child.stderrLines ?? [];
   }
   return result;
+}
+
+/**
+ * One row from several rounds: medians of throughput and CPU, latencies of the median round by
+ * throughput, the highest other load; an error in any round makes the row an error.
+ */
+export function combineEcho(variant: string, runs: EchoVariantResult[] = []): EchoVariantResult {
+  if (runs.length === 0)
+    return {
+      variant,
+      status: 'skipped',
+      error: 'deadline',
+      info: {},
+      connections: 0,
+      windowMs: NaN,
+      roundTrips: 0,
+      roundTripsPerSecond: NaN,
+      badReplies: 0,
+      serverCpuMs: NaN,
+      serverCpuUsPerReply: NaN,
+      serverCores: NaN,
+      p50Ms: NaN,
+      p99Ms: NaN,
+      stderr: [],
+    };
+  if (runs.length === 1) return runs[0];
+  const failed = runs.find((r) => r.status !== 'ok');
+  const byThroughput = [...runs].sort((a, b) => a.roundTripsPerSecond - b.roundTripsPerSecond);
+  const mid = byThroughput[(byThroughput.length - 1) >> 1];
+  return {
+    ...mid,
+    status: failed ? failed.status : 'ok',
+    error: failed?.error,
+    roundTripsPerSecond: median(runs.map((r) => r.roundTripsPerSecond)),
+    serverCpuUsPerReply: median(runs.map((r) => r.serverCpuUsPerReply)),
+    serverCores: median(runs.map((r) => r.serverCores)),
+    badReplies: runs.reduce((sum, r) => sum + r.badReplies, 0),
+    foreignCores: Math.max(...runs.map((r) => r.foreignCores ?? 0)),
+    stderr: runs.flatMap((r) => r.stderr),
+    rounds: runs,
+  };
 }

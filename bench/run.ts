@@ -17,7 +17,7 @@ import { cpuMonitor, CpuMonitor } from './lib/cpu-monitor.js';
 import { cpuBusy, machineInfo, waitQuiet, type MachineInfo } from './lib/machine.js';
 import { fdLimits, startClients, type ProcessOptions } from './lib/processes.js';
 import { markdown, REFERENCE } from './lib/report.js';
-import { runEchoVariant, type EchoVariantResult } from './echo.js';
+import { combineEcho, runEchoVariant, type EchoVariantResult } from './echo.js';
 import { runFanoutVariant, type FanoutVariantResult } from './fanout.js';
 import { runSoak } from './soak.js';
 
@@ -147,31 +147,20 @@ async function runBench(
     }
     if (config.scenarios.includes('echo')) {
       log('echo:');
-      for (const variant of config.echoVariants) {
-        if (now() > deadline) {
-          echo.push({
-            variant,
-            status: 'skipped',
-            error: 'deadline',
-            info: {},
-            connections: 0,
-            windowMs: NaN,
-            roundTrips: 0,
-            roundTripsPerSecond: NaN,
-            badReplies: 0,
-            serverCpuMs: NaN,
-            serverCpuUsPerReply: NaN,
-            serverCores: NaN,
-            p50Ms: NaN,
-            p99Ms: NaN,
-            stderr: [],
-          });
-          continue;
+      // Rounds interleaved (A B C … A B C …), so that a slow spell of the machine does not
+      // land on one variant only; each round is a fresh server and fresh connections.
+      const runs = new Map<string, EchoVariantResult[]>();
+      for (let round = 1; round <= config.rounds; round++) {
+        for (const variant of config.echoVariants) {
+          if (now() > deadline) break;
+          const result = await runEchoVariant(variant, clients, config, processes, (line) =>
+            log(config.rounds > 1 ? `${line} (round ${round})` : line),
+          );
+          runs.set(variant, [...(runs.get(variant) ?? []), result]);
+          if (result.info.uws) machine.builds['uWebSockets.js'] = result.info.uws;
         }
-        const result = await runEchoVariant(variant, clients, config, processes, log);
-        echo.push(result);
-        if (result.info.uws) machine.builds['uWebSockets.js'] = result.info.uws;
       }
+      for (const variant of config.echoVariants) echo.push(combineEcho(variant, runs.get(variant)));
     }
   } finally {
     await Promise.all(clients.map((c) => c.stop(3000)));

@@ -58,6 +58,13 @@ function fanoutCells(summary: FanoutSummary | undefined, ref: FanoutSummary | un
   ];
 }
 
+/** The rounds' range of round trips/s, e.g. " [41,000–44,800]". */
+function spread(r: EchoVariantResult): string {
+  if (!r.rounds || r.rounds.length < 2) return '';
+  const values = r.rounds.map((x) => x.roundTripsPerSecond);
+  return ` [${fmt(Math.min(...values), 0)}–${fmt(Math.max(...values), 0)}]`;
+}
+
 export interface Goal {
   goal: string;
   measured: number;
@@ -272,7 +279,7 @@ export function markdown(
   if (echo.length) {
     const eref = echo.find((r) => r.variant === REFERENCE);
     out.push(
-      `### Echo: ${fmt(config.echoConns, 0)} connections, closed loop, ${config.echoBytes}-byte JSON messages (${fmt(config.echoMs / 1000, 1)} s window after ${fmt(config.echoWarmupMs / 1000, 1)} s warm-up)`,
+      `### Echo: ${fmt(config.echoConns, 0)} connections, closed loop, ${config.echoBytes}-byte JSON messages (${fmt(config.echoMs / 1000, 1)} s window after ${fmt(config.echoWarmupMs / 1000, 1)} s warm-up${config.rounds > 1 ? `; median of ${config.rounds} rounds, interleaved` : ''})`,
       '',
       `\`${REFERENCE}\` here is the raw ws echo server (the same for ws-naive).`,
       '',
@@ -290,7 +297,7 @@ export function markdown(
             ? [r.variant, `${r.status}: ${r.error ?? ''}`, '', '', '', '']
             : [
                 r.variant + (r.badReplies ? ` (${r.badReplies} bad replies!)` : ''),
-                cell(r.roundTripsPerSecond, eref?.roundTripsPerSecond ?? NaN),
+                cell(r.roundTripsPerSecond, eref?.roundTripsPerSecond ?? NaN) + spread(r),
                 cell(r.serverCpuUsPerReply, eref?.serverCpuUsPerReply ?? NaN, ' µs'),
                 fmt(r.serverCores, 2),
                 `${fmt(r.p50Ms)} / ${fmt(r.p99Ms)} ms (${ratio(r.p50Ms, eref?.p50Ms ?? NaN)} / ${ratio(r.p99Ms, eref?.p99Ms ?? NaN)})`,
@@ -309,7 +316,7 @@ export function markdown(
         ['goal', 'measured', 'target', ''],
         goalList.map((g) => [
           g.goal,
-          Number.isFinite(g.measured) ? `${g.measured.toFixed(2)}×` : '—',
+          Number.isFinite(g.measured) ? `${g.measured.toFixed(3)}×` : '—',
           g.target,
           g.pass === undefined ? 'not measured' : g.pass ? 'pass' : '**FAIL**',
         ]),
