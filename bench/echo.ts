@@ -32,6 +32,8 @@ export interface EchoVariantResult {
   stderr: string[];
   /** Cores other processes (not the bench's) kept busy during this variant, on average. */
   foreignCores?: number;
+  /** Set when a first try was disturbed by other processes: the cores they took then. */
+  retriedAfter?: number;
   /** With several rounds: each of them (the fields above are their medians). */
   rounds?: EchoVariantResult[];
 }

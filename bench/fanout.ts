@@ -91,6 +91,8 @@ export interface FanoutVariantResult {
   stderr: string[];
   /** Cores other processes (not the bench's) kept busy during this variant, on average. */
   foreignCores?: number;
+  /** Set when a first try was disturbed by other processes: the cores they took then. */
+  retriedAfter?: number;
 }
 
 export async function connectAll(
