@@ -1,3 +1,5 @@
+// Decorators write metadata when modules load; Nest's own packages load the polyfill first too.
+import 'reflect-metadata';
 export * from './ws-routes.constants.js';
 export * from './interfaces/index.js';
 export * from './decorators/index.js';
