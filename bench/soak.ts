@@ -180,7 +180,11 @@ export async function runSoak(
 
   const peak = Math.max(0, ...samples.map((s) => s.connections));
   const peakAt = samples.findIndex((s) => s.connections === peak);
-  const afterPeak = samples.slice(peakAt).map((s) => s.connections);
+  // From the peak to the end of the churn (later samples are the final disconnect).
+  const afterPeak = samples
+    .slice(peakAt)
+    .filter((s) => s.t <= config.soakMs / 1000)
+    .map((s) => s.connections);
   const sustained = {
     min: Math.min(...afterPeak),
     median: median(afterPeak),

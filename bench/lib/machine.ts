@@ -1,4 +1,6 @@
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { cpus, loadavg, release, totalmem, type } from 'node:os';
 import { packageVersion } from '../servers/versions.js';
 
@@ -20,6 +22,25 @@ export interface MachineInfo {
   builds: Record<string, string>;
   bufferutil: string;
   fdLimit: string;
+  /** The commit lib/ was compiled from, `+ changes` when lib/ had uncommitted ones. */
+  lib: string;
+}
+
+function libRevision(): string {
+  try {
+    // dist-sample/bench/lib/machine.js → the repository root.
+    const root = fileURLToPath(new URL('../../../', import.meta.url));
+    const git = (...args: string[]) =>
+      execFileSync('git', ['-C', root, ...args], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }).trim();
+    const head = git('log', '-1', '--format=%h %cI', '--', 'lib');
+    const dirty = git('status', '--porcelain', '--', 'lib') ? ' + uncommitted changes' : '';
+    return `${head}${dirty}`;
+  } catch {
+    return 'unknown (no git)';
+  }
 }
 
 export function machineInfo(bufferutil: boolean, fdLimit: string): MachineInfo {
@@ -47,6 +68,7 @@ export function machineInfo(bufferutil: boolean, fdLimit: string): MachineInfo {
       ? `allowed (bufferutil ${packageVersion('bufferutil')} if installed)`
       : 'off (WS_NO_BUFFER_UTIL=1: pure-JS masking, as a plain `npm i ws`)',
     fdLimit,
+    lib: libRevision(),
   };
 }
 

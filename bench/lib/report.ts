@@ -167,6 +167,7 @@ export function machineLine(machine: MachineInfo): string {
   return [
     `- Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, ${machine.os}; open files limit ${machine.fdLimit}`,
     `- Other load: ${machine.foreignCores !== undefined ? `other processes kept ${fmt(machine.foreignCores, 2)} of the ${machine.cores} cores busy on average during the run; ` : ''}CPU ${pct(machine.busyBefore)} busy just before the run, ${pct(machine.busyAfter)} just after; load average ${machine.loadAverage.join(' ')} at the start${machine.loadAverageEnd ? `, ${machine.loadAverageEnd.join(' ')} at the end` : ''}`,
+    `- lib/ (ours) at ${machine.lib}`,
     `- Node ${machine.node}; ws ${p.ws} (platform-ws brings ws ${p['ws (in platform-ws)']}, engine.io ws ${p['ws (in engine.io)']}); bufferutil ${machine.bufferutil}`,
     `- @nestjs/core ${p['@nestjs/core']}, @nestjs/platform-ws ${p['@nestjs/platform-ws']}, @nestjs/platform-socket.io ${p['@nestjs/platform-socket.io']}, socket.io ${p['socket.io']} / socket.io-client ${p['socket.io-client']}`,
     ...(builds ? [`- ${builds}`] : []),
