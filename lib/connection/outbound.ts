@@ -49,39 +49,61 @@ export function canWriteFrame(ws: WebSocket): boolean {
   return internals._sender._state === SENDER_IDLE && !internals._extensions['permessage-deflate'];
 }
 
-const corked: Socket[] = [];
+type CorkedSocket = Socket & { [kCorked]?: boolean };
 const kCorked = Symbol('corked');
-let flushScheduled = false;
+
+/** Sockets corked in this turn, and when they are uncorked. */
+class CorkBatch {
+  private readonly sockets: CorkedSocket[] = [];
+  private scheduled = false;
+  private readonly flush = (): void => {
+    this.scheduled = false;
+    const { sockets } = this;
+    for (let i = 0; i < sockets.length; i++) {
+      sockets[i][kCorked] = false;
+      sockets[i].uncork();
+    }
+    sockets.length = 0;
+  };
+
+  constructor(private readonly schedule: (flush: () => void) => void) {}
+
+  add(socket: CorkedSocket): void {
+    this.sockets.push(socket);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      this.schedule(this.flush);
+    }
+  }
+}
 
 /**
- * Holds a socket's writes until the code running now is done (`process.nextTick`: the end of
- * this turn of the event loop, before any I/O), so that every message sent to it in the turn
- * (replies, broadcasts, a burst of 200 of them) leaves in one `writev` syscall. Each socket write costs ~13–15 µs of kernel time; this is the main saving of a
- * broadcast burst, the same thing uWebSockets.js's `cork` does. Order is untouched: cork
- * only batches the writes, in the order they were made. Returns `true` for the first call of
- * the turn on this socket.
+ * Broadcasts flush when the code running now is done (`process.nextTick`): a burst in one
+ * synchronous loop still leaves as one write per socket, and a paced broadcast goes out without
+ * waiting for an event-loop iteration. Replies flush after the poll phase (`setImmediate`), so
+ * the replies to every message read in one poll phase go out together. Measured with
+ * `npm run bench` (5,000 / 500 connections, ratios to raw ws): everything on setImmediate gave
+ * paced fan-out 1.35×; everything on nextTick paced 0.82× but echo 0.82× throughput at 1.24×
+ * CPU per reply; this split paced 0.82× and echo 0.93× at 1.16×.
  */
-export function corkForThisTurn(socket: Socket): boolean {
-  const flagged = socket as Socket & { [kCorked]?: boolean };
+const afterThisCode = new CorkBatch((flush) => process.nextTick(flush));
+const afterPoll = new CorkBatch((flush) => setImmediate(flush));
+
+/**
+ * Holds a socket's writes until the end of this turn, so that every message sent to it in the
+ * turn (replies, broadcasts, a burst of 200 of them) leaves in one `writev` syscall. Each
+ * socket write costs ~13–15 µs of kernel time; this is the main saving of a broadcast burst,
+ * the same thing uWebSockets.js's `cork` does. Order is untouched: cork only batches the
+ * writes, in the order they were made; a socket already corked stays in its first batch.
+ * Returns `true` for the first call of the turn on this socket.
+ */
+export function corkForThisTurn(socket: Socket, broadcast: boolean): boolean {
+  const flagged = socket as CorkedSocket;
   if (flagged[kCorked]) return false;
   flagged[kCorked] = true;
   socket.cork();
-  corked.push(socket);
-  if (!flushScheduled) {
-    flushScheduled = true;
-    process.nextTick(uncorkAll);
-  }
+  (broadcast ? afterThisCode : afterPoll).add(flagged);
   return true;
-}
-
-function uncorkAll(): void {
-  flushScheduled = false;
-  for (let i = 0; i < corked.length; i++) {
-    const socket = corked[i] as Socket & { [kCorked]?: boolean };
-    socket[kCorked] = false;
-    socket.uncork();
-  }
-  corked.length = 0;
 }
 
 /** The raw TCP socket of a `ws` WebSocket, or `null` once it is gone. */

@@ -212,7 +212,7 @@ export class WsConnection<TData extends object = Record<string, any>> {
     if (!raw) return false;
     // Backpressure judges what is still queued from earlier turns: bytes written in this turn
     // wait for the uncork by design, and a burst is not a slow consumer.
-    if (corkForThisTurn(raw)) this.backlog = socket.bufferedAmount;
+    if (corkForThisTurn(raw, frame !== undefined)) this.backlog = socket.bufferedAmount;
     if (this.backlog > outbound.lowWatermark) {
       if (volatile) {
         this.droppedMessages++;
