@@ -54,30 +54,37 @@ export interface RouteHandlers {
 
 type Args = [WsConnection, unknown, string | undefined];
 
+/** The value of one parameter decorator for a connection and a payload. */
+function paramValue(
+  type: number,
+  data: string | undefined,
+  conn: WsConnection,
+  payload: unknown,
+): unknown {
+  switch (type) {
+    case WsParamtype.SOCKET:
+      return conn;
+    case WsParamtype.PAYLOAD:
+      return data && payload && typeof payload === 'object'
+        ? (payload as Record<string, unknown>)[data]
+        : payload;
+    case WsRouteParamtype.PARAM:
+      return data ? conn.params[data] : conn.params;
+    case WsRouteParamtype.QUERY:
+      return data ? conn.query[data] : conn.query;
+    case WsRouteParamtype.HEADERS:
+      return data ? conn.headers[data] : conn.headers;
+    case WsRouteParamtype.REQUEST:
+      return conn.request;
+    default:
+      return undefined;
+  }
+}
+
 /** Turns parameter metadata into values; `ExternalContextCreator` calls it once per argument. */
 const paramsFactory = {
-  exchangeKeyForValue(type: number, key: unknown, args: Args): unknown {
-    const [conn, payload] = args;
-    const data = key as string | undefined;
-    switch (type) {
-      case WsParamtype.SOCKET:
-        return conn;
-      case WsParamtype.PAYLOAD:
-        return data && payload && typeof payload === 'object'
-          ? (payload as Record<string, unknown>)[data]
-          : payload;
-      case WsRouteParamtype.PARAM:
-        return data ? conn.params[data] : conn.params;
-      case WsRouteParamtype.QUERY:
-        return data ? conn.query[data] : conn.query;
-      case WsRouteParamtype.HEADERS:
-        return data ? conn.headers[data] : conn.headers;
-      case WsRouteParamtype.REQUEST:
-        return conn.request;
-      default:
-        return undefined;
-    }
-  },
+  exchangeKeyForValue: (type: number, key: unknown, [conn, payload]: Args): unknown =>
+    paramValue(type, key as string | undefined, conn, payload),
 };
 
 /** A parameter of a handler with no pipes, read straight from the connection and payload. */
@@ -241,11 +248,10 @@ export class WsHandlerFactory {
       return (conn, payload) => callback.call(instance, conn, payload);
     }
     const length = Math.max(...params.map((param) => param.index)) + 1;
-    return (conn, payload, pattern) => {
+    return (conn, payload) => {
       const args: unknown[] = new Array(length);
-      const context: Args = [conn, payload, pattern];
       for (const param of params)
-        args[param.index] = paramsFactory.exchangeKeyForValue(param.type, param.data, context);
+        args[param.index] = paramValue(param.type, param.data, conn, payload);
       return callback.apply(instance, args);
     };
   }

@@ -72,6 +72,18 @@ function message(seq: number, size: number): Buffer {
 describe('backpressure', () => {
   const logger = new CapturingLogger();
 
+  /** An app with one client that reads and one that never does (registered second). */
+  async function oneHealthyOnePaused(slowConsumer: 'close' | 'drop') {
+    const t = await startApp(moduleWith(slowConsumer), { logger });
+    const registry = t.app.get(WsConnectionRegistry);
+    const healthy = await TestClient.open(t.url('/feed'));
+    const count = counter(healthy);
+    const paused = await pausedClient(t);
+    await eventually(() => registry.size === 2);
+    const slowConn = [...registry][1];
+    return { t, broadcast: t.app.get(BroadcastService), healthy, count, paused, slowConn };
+  }
+
   it("bounds a client that never reads ('drop'): its queue stays at the cap, memory does not grow, others get everything", async () => {
     const t = await startApp(moduleWith('drop'), { logger });
     try {
@@ -122,15 +134,8 @@ describe('backpressure', () => {
   });
 
   it("closes a client that never reads with 1013 ('close'); it sees the code once it reads again", async () => {
-    const t = await startApp(moduleWith('close'), { logger });
+    const { t, broadcast, healthy, count, paused, slowConn } = await oneHealthyOnePaused('close');
     try {
-      const registry = t.app.get(WsConnectionRegistry);
-      const broadcast = t.app.get(BroadcastService);
-      const healthy = await TestClient.open(t.url('/feed'));
-      const count = counter(healthy);
-      const paused = await pausedClient(t);
-      await eventually(() => registry.size === 2);
-      const slowConn = [...registry][1];
       let sent = 0;
       while (slowConn.readyState === WsConnection.OPEN && sent < 4000) {
         for (let i = 0; i < 20; i++) broadcast.to('feed').send(message(sent++, 16 * KiB));
@@ -152,16 +157,9 @@ describe('backpressure', () => {
   });
 
   it('skips a lagging client for volatile messages and fires @OnDrain once it caught up', async () => {
-    const t = await startApp(moduleWith('drop'), { logger });
+    const { t, broadcast, healthy, count, paused, slowConn } = await oneHealthyOnePaused('drop');
+    const drains = t.app.get(Drains);
     try {
-      const registry = t.app.get(WsConnectionRegistry);
-      const broadcast = t.app.get(BroadcastService);
-      const drains = t.app.get(Drains);
-      const healthy = await TestClient.open(t.url('/feed'));
-      const count = counter(healthy);
-      const paused = await pausedClient(t);
-      await eventually(() => registry.size === 2);
-      const slowConn = [...registry][1];
       let sent = 0;
       while (slowConn.bufferedAmount <= LOW && sent < 2000) {
         broadcast.to('feed').send(message(sent++, 16 * KiB));
