@@ -349,42 +349,44 @@ export class RouteDispatcher implements OutboundEvents {
       }
       return;
     }
-    return new Promise<void>((resolve) => {
-      let settled = false;
-      // Not const: a synchronous Observable completes inside subscribe(), before assignment.
-      // eslint-disable-next-line prefer-const
-      let subscription: Subscription | undefined;
-      const firstValueSeen = () => {
-        if (!settled) {
-          settled = true;
-          resolve();
-        }
-      };
-      const end = () => {
-        firstValueSeen();
-        if (subscription) session.subscriptions?.delete(subscription);
-      };
-      subscription = (result as Observable<unknown>).subscribe({
-        next: (value) => {
-          firstValueSeen();
-          if (value === undefined || value === null) return;
-          try {
-            conn.send(value);
-          } catch (error) {
-            this.fail(conn, handler, error, payload, pattern);
-          }
-        },
-        error: (error: unknown) => {
-          end();
+    // Resolved when the stream's first value (or its end) has been seen; undefined when that
+    // happened inside subscribe(), as with an interceptor around a synchronous handler.
+    let firstValueSeen = false;
+    let resolveFirst: (() => void) | undefined;
+    // Not const: a synchronous Observable completes inside subscribe(), before assignment.
+    // eslint-disable-next-line prefer-const
+    let subscription: Subscription | undefined;
+    const seen = () => {
+      if (firstValueSeen) return;
+      firstValueSeen = true;
+      resolveFirst?.();
+    };
+    const end = () => {
+      seen();
+      if (subscription) session.subscriptions?.delete(subscription);
+    };
+    subscription = (result as Observable<unknown>).subscribe({
+      next: (value) => {
+        seen();
+        if (value === undefined || value === null) return;
+        try {
+          conn.send(value);
+        } catch (error) {
           this.fail(conn, handler, error, payload, pattern);
-        },
-        complete: end,
-      });
-      if (!subscription.closed) {
-        if (conn.readyState >= conn.CLOSING) subscription.unsubscribe();
-        else (session.subscriptions ??= new Set()).add(subscription);
-      }
+        }
+      },
+      error: (error: unknown) => {
+        end();
+        this.fail(conn, handler, error, payload, pattern);
+      },
+      complete: end,
     });
+    if (!subscription.closed) {
+      if (conn.readyState >= conn.CLOSING) subscription.unsubscribe();
+      else (session.subscriptions ??= new Set()).add(subscription);
+    }
+    if (firstValueSeen) return;
+    return new Promise<void>((resolve) => (resolveFirst = resolve));
   }
 
   /** A message handler threw: the route's filters first, then Nest 12's exception message. */

@@ -1,4 +1,11 @@
-import { Injectable, type ExceptionFilter } from '@nestjs/common';
+import {
+  Injectable,
+  type ArgumentMetadata,
+  type CanActivate,
+  type ExceptionFilter,
+  type NestInterceptor,
+  type PipeTransform,
+} from '@nestjs/common';
 import { ExternalContextCreator } from '@nestjs/core';
 import { GUARDS_METADATA } from '@nestjs/common/constants.js';
 import { STATIC_CONTEXT } from '@nestjs/core/injector/constants.js';
@@ -8,6 +15,7 @@ import { WsRouteParamtype } from '../decorators/ws-params.decorators.js';
 import type { WsHandlerKind } from '../decorators/ws-lifecycle.decorators.js';
 import type { WsConnection } from '../connection/ws-connection.js';
 import type { WsRouteDefinition } from '../routing/ws-route-explorer.js';
+import { createPipelineInvoker, type PipelineParam } from './enhancer-pipeline.js';
 
 /**
  * A handler wrapped in Nest's guards, interceptors and pipes. Arguments are what
@@ -87,11 +95,58 @@ const paramsFactory = {
     paramValue(type, key as string | undefined, conn, payload),
 };
 
-/** A parameter of a handler with no pipes, read straight from the connection and payload. */
-interface PlainParam {
+/** A parameter as `ExternalContextCreator.getMetadata()` resolves it. */
+interface ResolvedParam {
   index: number;
-  type: number;
-  data: string | undefined;
+  /** Ours or `@nestjs/websockets`'s number; `'custom'` for `createParamDecorator()`. */
+  type: number | string;
+  data?: unknown;
+  pipes?: unknown[];
+  extractValue: (...args: Args) => unknown;
+}
+
+/** Reads a parameter for one message: built-in decorators straight from the connection. */
+function extractorOf(param: ResolvedParam): PipelineParam['extract'] {
+  if (typeof param.type !== 'number') {
+    const { extractValue } = param;
+    return (conn, payload, pattern) => extractValue(conn, payload, pattern);
+  }
+  const { type } = param;
+  const data = param.data as string | undefined;
+  if (type === WsParamtype.SOCKET) return (conn) => conn;
+  return (conn, payload) => paramValue(type, data, conn, payload);
+}
+
+/**
+ * The `type` pipes see: `@MessageBody()` is the body, `@WsParam()` and `@WsQuery()` are route
+ * params and query as in HTTP (so `ValidationPipe` validates them), the rest is `'custom'`.
+ */
+function tokenOf(type: number | string): ArgumentMetadata['type'] {
+  switch (type) {
+    case WsParamtype.PAYLOAD:
+      return 'body';
+    case WsRouteParamtype.PARAM:
+      return 'param';
+    case WsRouteParamtype.QUERY:
+      return 'query';
+    default:
+      return 'custom';
+  }
+}
+
+/** A handler with no enhancers: called directly with its arguments read from the connection. */
+function directInvoker(
+  instance: object,
+  callback: Function,
+  params: PipelineParam[],
+  argsLength: number,
+): WsInvoker {
+  if (params.length === 0) return (conn, payload) => callback.call(instance, conn, payload);
+  return (conn, payload, pattern) => {
+    const args: unknown[] = new Array(argsLength);
+    for (const param of params) args[param.index] = param.extract(conn, payload, pattern);
+    return callback.apply(instance, args);
+  };
 }
 
 /** The enhancer lists Nest resolves for a handler (class, method and global ones). */
@@ -193,7 +248,7 @@ export class WsHandlerFactory {
     const instance = route.instance as Record<string, Function>;
     const callback = instance[methodName] as (...args: unknown[]) => unknown;
     const invoke =
-      this.directInvoker(route, methodName, callback) ??
+      this.compile(route, methodName, callback) ??
       (this.contextCreator.create(
         instance,
         callback,
@@ -209,51 +264,60 @@ export class WsHandlerFactory {
   }
 
   /**
-   * The per-message fast path: a handler with no guard, interceptor or pipe anywhere (method,
-   * class or global) and only built-in parameter decorators is called directly with its
-   * arguments read from the connection. `ExternalContextCreator` would add an async wrapper,
-   * an interceptor chain and a pipe pass per message to do nothing; here the same handler
-   * costs one function call, and a synchronous one answers without a Promise.
-   * `undefined` when Nest's full pipeline is needed.
+   * Resolves a handler's guards, interceptors, pipes and parameters once, at start-up, and
+   * returns what runs per message:
+   * - with no guard, interceptor or pipe anywhere (method, class or global) and only built-in
+   *   parameter decorators, the handler itself, called with its arguments read from the
+   *   connection: one function call, and a synchronous handler answers without a Promise;
+   * - otherwise {@link createPipelineInvoker}: Nest's semantics, asynchronous only where an
+   *   enhancer is.
+   *
+   * `undefined` if this version of Nest does not expose the enhancer lists the way 11 and 12
+   * do; `ExternalContextCreator` then wraps the handler (slower, same behaviour).
    */
-  private directInvoker(
+  private compile(
     route: WsRouteDefinition,
     methodName: string,
     callback: Function,
   ): WsInvoker | undefined {
     const creator = this.contextCreator as unknown as Record<string, EnhancerSource | undefined>;
-    const sources = [
-      creator.guardsContextCreator,
-      creator.interceptorsContextCreator,
-      creator.pipesContextCreator,
-    ];
-    if (sources.some((source) => !source)) return undefined;
-    const moduleKey = this.contextCreator.getContextModuleKey(route.routeClass);
-    for (const source of sources) {
-      if (source!.create(route.instance, callback, moduleKey, STATIC_CONTEXT).length)
-        return undefined;
+    const { guardsContextCreator, interceptorsContextCreator, pipesContextCreator } = creator;
+    if (!guardsContextCreator || !interceptorsContextCreator || !pipesContextCreator)
+      return undefined;
+    const { instance, routeClass } = route;
+    const moduleKey = this.contextCreator.getContextModuleKey(routeClass);
+    const resolve = <T>(source: EnhancerSource) =>
+      source.create(instance, callback, moduleKey, STATIC_CONTEXT) as T[];
+    const guards = resolve<CanActivate>(guardsContextCreator);
+    const interceptors = resolve<NestInterceptor>(interceptorsContextCreator);
+    const pipes = resolve<PipeTransform>(pipesContextCreator);
+
+    const { argsLength, paramtypes, getParamsMetadata } = this.contextCreator.getMetadata(
+      instance as Record<string, Function>,
+      methodName,
+      PARAM_ARGS_METADATA,
+      paramsFactory,
+      'ws',
+    );
+    const resolved = (getParamsMetadata(moduleKey, STATIC_CONTEXT) ?? []) as ResolvedParam[];
+    const params: PipelineParam[] = resolved.map((param) => ({
+      index: param.index,
+      extract: extractorOf(param),
+      metadata: {
+        type: tokenOf(param.type),
+        metatype: paramtypes?.[param.index] as ArgumentMetadata['metatype'],
+        data: param.data as string | undefined,
+      },
+      pipes: [...pipes, ...((param.pipes ?? []) as PipeTransform[])],
+    }));
+
+    const plain =
+      params.every((param) => param.pipes.length === 0) &&
+      resolved.every((param) => typeof param.type === 'number');
+    if (!guards.length && !interceptors.length && plain) {
+      return directInvoker(instance, callback, params, argsLength);
     }
-    const metadata: Record<string, { index: number; data?: unknown; pipes?: unknown[] }> =
-      Reflect.getMetadata(PARAM_ARGS_METADATA, route.routeClass, methodName) ?? {};
-    const params: PlainParam[] = [];
-    for (const [key, { index, data, pipes }] of Object.entries(metadata)) {
-      const type = Number(key.split(':')[0]);
-      // Custom decorators (createParamDecorator) and parameter pipes need Nest's pipeline.
-      if (Number.isNaN(type) || pipes?.length || (data !== undefined && typeof data !== 'string'))
-        return undefined;
-      params.push({ index, type, data });
-    }
-    const { instance } = route;
-    if (params.length === 0) {
-      return (conn, payload) => callback.call(instance, conn, payload);
-    }
-    const length = Math.max(...params.map((param) => param.index)) + 1;
-    return (conn, payload) => {
-      const args: unknown[] = new Array(length);
-      for (const param of params)
-        args[param.index] = paramValue(param.type, param.data, conn, payload);
-      return callback.apply(instance, args);
-    };
+    return createPipelineInvoker({ instance, callback, guards, interceptors, params, argsLength });
   }
 
   /**
