@@ -56,6 +56,8 @@ export const WS_ROUTES_DEFAULTS = {
   lowWatermark: 64 * 1024,
   /** What happens to a connection over `maxBufferedAmount`. */
   slowConsumer: 'close',
+  /** `conn.request` is released once `@OnOpen` has finished (about 1 KB per connection). */
+  keepUpgradeRequest: false,
 } as const;
 
 /** Metadata keys written by the decorators and read once at start-up by the explorer. */

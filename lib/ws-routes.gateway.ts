@@ -189,14 +189,6 @@ export class WsRoutesGateway
     });
     const rateLimit =
       routeOptions.rateLimit ?? this.options.rateLimit ?? WS_ROUTES_DEFAULTS.rateLimit;
-    const dispatcher = new RouteDispatcher(
-      `${routeClass.name} (${pattern})`,
-      handlers,
-      this.registry,
-      exceptionFilter,
-      this.logger,
-      rateLimit ? new RateLimiter(rateLimit) : undefined,
-    );
     const heartbeatOptions = resolveHeartbeat(
       this.options.heartbeat,
       routeOptions.heartbeat,
@@ -204,6 +196,22 @@ export class WsRoutesGateway
     );
     const heartbeat =
       heartbeatOptions && new Heartbeat(heartbeatOptions, () => this.registry.byRoute(pattern));
+    const dispatcher = new RouteDispatcher(
+      `${routeClass.name} (${pattern})`,
+      handlers,
+      this.registry,
+      exceptionFilter,
+      this.logger,
+      {
+        rateLimiter: rateLimit ? new RateLimiter(rateLimit) : undefined,
+        onRemoved: this.releaseSlot,
+        keepUpgradeRequest:
+          routeOptions.keepUpgradeRequest ??
+          this.options.keepUpgradeRequest ??
+          WS_ROUTES_DEFAULTS.keepUpgradeRequest,
+        heartbeat: Boolean(heartbeat),
+      },
+    );
     const guards: CanActivate[] = [
       new OriginGuard(routeOptions.origins ?? this.options.origins, this.trustProxy),
       ...(await this.resolveGuards(this.options.guards)),
@@ -285,6 +293,10 @@ export class WsRoutesGateway
       });
     });
   }
+
+  /** Gives back a closed connection's slot in the connection limits. */
+  private readonly releaseSlot = (conn: WsConnection): void =>
+    this.limiter.release(conn.remoteAddress, conn.route);
 
   private readonly onUpgrade: UpgradeHandler = (request, socket, head) => {
     const url = request.url ?? '/';
@@ -373,11 +385,14 @@ export class WsRoutesGateway
 
     socket.off('close', release);
     route.wss.handleUpgrade(request, socket, head, (ws: WebSocket) => {
-      ws.once('close', release);
       if (this.closing) {
+        ws.once('close', release);
         ws.close(CloseCode.GoingAway, SHUTDOWN_CLOSE_REASON);
         return;
       }
+      // From here the slot is given back when the connection leaves the registry
+      // (releaseSlot): a closure per connection would outlive the handshake.
+      released = true;
       const conn = new WsConnection(
         ws,
         request,

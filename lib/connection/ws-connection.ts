@@ -42,6 +42,25 @@ const UNLIMITED: OutboundPolicy = {
 export type WsQueryParams = Record<string, string | string[]>;
 
 const NO_ROOMS: ReadonlySet<string> = new Set();
+/** The `params` and `query` of every connection that has none: one object, not one each. */
+const NOTHING: Readonly<Record<string, never>> = Object.freeze({});
+
+function isEmpty(object: object): boolean {
+  return Object.keys(object).length === 0;
+}
+
+function queryOf(url: string): WsQueryParams {
+  const at = url.indexOf('?');
+  return at === -1 ? {} : parseQuery(url.slice(at + 1));
+}
+
+/**
+ * A random UUID as one flat string. `randomUUID()` returns a rope of 14 concatenated pieces
+ * (about 480 bytes of heap); copied once, the id costs 56.
+ */
+function newConnectionId(): string {
+  return Buffer.from(randomUUID(), 'latin1').toString('latin1');
+}
 
 /**
  * One open WebSocket, seen from the server. It mirrors the browser's `WebSocket` (`readyState`,
@@ -69,7 +88,7 @@ export class WsConnection<TData extends object = Record<string, any>> {
   }
 
   /** Unique id (UUID); broadcast targets and `registry.get(id)` use it. */
-  readonly id: string = randomUUID();
+  readonly id: string = newConnectionId();
   /** Close code once closed: what the peer sent, 1005 if none, 1006 if the link dropped. */
   closeCode: number | undefined = undefined;
   /** Close reason once closed (`''` if none). */
@@ -97,25 +116,52 @@ export class WsConnection<TData extends object = Record<string, any>> {
 
   private joined: Set<string> | undefined = undefined;
   private data_: TData | undefined = undefined;
-  private parsedQuery: WsQueryParams | undefined = undefined;
+  private request_: IncomingMessage | undefined;
+
+  /** Headers of the upgrade request (lower-case names). */
+  readonly headers: IncomingHttpHeaders;
+  /** Query-string parameters of the upgrade URL; a repeated key gives an array. */
+  readonly query: Readonly<WsQueryParams>;
+  /** Path parameters of the route pattern, decoded. */
+  readonly params: Readonly<Record<string, string>>;
 
   /** @internal Connections are created by the gateway after a successful handshake. */
   constructor(
     /** The raw `ws` WebSocket: an escape hatch for what this class does not cover. */
     readonly socket: WebSocket,
-    /** The HTTP upgrade request. */
-    readonly request: IncomingMessage,
+    request: IncomingMessage,
     /** The `@WsRoute` pattern this connection matched, e.g. `/rooms/:room`. */
     readonly route: string,
     /** The request path without the query string, e.g. `/rooms/lobby`. */
     readonly path: string,
-    /** Path parameters of the route pattern, decoded. */
-    readonly params: Readonly<Record<string, string>>,
+    params: Readonly<Record<string, string>>,
     private readonly rooms_: RoomIndex,
     /** The client's IP: the TCP peer, or the forwarded address with `trustProxy`. */
     readonly remoteAddress: string = request.socket.remoteAddress ?? '',
     private readonly outbound: OutboundPolicy = UNLIMITED,
-  ) {}
+  ) {
+    this.request_ = request;
+    this.headers = request.headers;
+    const query = (request as { query?: WsQueryParams }).query ?? queryOf(request.url ?? '');
+    this.query = isEmpty(query) ? NOTHING : query;
+    this.params = isEmpty(params) ? NOTHING : params;
+  }
+
+  /**
+   * The HTTP upgrade request (`IncomingMessage`), during `@OnOpen`; `undefined` once it has
+   * finished, unless the route sets `keepUpgradeRequest`. A request holds about 1 KB of heap
+   * per connection (more with cookies), so what a connection needs later is kept by itself:
+   * `headers`, `query`, `params`, `remoteAddress`, `protocol`, and whatever `@OnOpen` or a
+   * handshake guard (`request.user`) put in `data`.
+   */
+  get request(): IncomingMessage | undefined {
+    return this.request_;
+  }
+
+  /** @internal `@OnOpen` has finished: the request is no longer needed. */
+  releaseRequest(): void {
+    this.request_ = undefined;
+  }
 
   /** Per-connection state of the application (the authenticated user, preferences, …). */
   get data(): TData {
@@ -128,23 +174,6 @@ export class WsConnection<TData extends object = Record<string, any>> {
   /** The user a handshake guard authenticated (`request.user`), kept in `data.user`. */
   get user(): unknown {
     return (this.data_ as { user?: unknown } | undefined)?.user;
-  }
-
-  /** Headers of the upgrade request (lower-case names). */
-  get headers(): IncomingHttpHeaders {
-    return this.request.headers;
-  }
-
-  /** Query-string parameters of the upgrade URL, parsed on first use. */
-  get query(): WsQueryParams {
-    const attached = (this.request as { query?: WsQueryParams }).query;
-    if (attached) return attached;
-    if (this.parsedQuery === undefined) {
-      const url = this.request.url ?? '';
-      const at = url.indexOf('?');
-      this.parsedQuery = at === -1 ? {} : parseQuery(url.slice(at + 1));
-    }
-    return this.parsedQuery;
   }
 
   /** The negotiated subprotocol, or `''`. */

@@ -33,7 +33,7 @@ export function watchHandshakes(server: Server, timeout: number): HandshakeWatch
     }, timeout);
     timer.unref();
     pending.set(socket, { server, timer });
-    socket.once('close', () => handshakeArrived(socket));
+    socket.on('close', onPendingClose);
   };
   const onRequest = (request: { socket: Socket }) => handshakeArrived(request.socket);
   // Upgrades are cleared by the UpgradeHub's listener, which calls handshakeArrived().
@@ -62,5 +62,12 @@ export function handshakeArrived(socket: Socket): void {
   if (entry) {
     clearTimeout(entry.timer);
     pending.delete(socket);
+    // One listener for every socket, taken off here: a closure per socket would stay on every
+    // open WebSocket for its whole life.
+    socket.off('close', onPendingClose);
   }
+}
+
+function onPendingClose(this: Socket): void {
+  handshakeArrived(this);
 }

@@ -50,4 +50,6 @@ export interface WsRouteOptions {
   lowWatermark?: number;
   /** What to do with a connection over `maxBufferedAmount`. */
   slowConsumer?: 'close' | 'drop';
+  /** Keep `conn.request` after `@OnOpen`; see the module option. */
+  keepUpgradeRequest?: boolean;
 }

@@ -62,4 +62,10 @@ export interface WsRoutesModuleOptions {
    * skip its messages (counted in `conn.droppedMessages`) until it catches up.
    */
   slowConsumer?: 'close' | 'drop';
+  /**
+   * Keep `conn.request` (the upgrade `IncomingMessage`) for the connection's life. Default
+   * `false`: it is released once `@OnOpen` has finished, saving about 1 KB of heap per
+   * connection; `conn.headers`, `query`, `params` and `remoteAddress` stay either way.
+   */
+  keepUpgradeRequest?: boolean;
 }

@@ -15,9 +15,11 @@ import {
   WsConnection,
   WsConnectionRegistry,
   WsException,
+  WsRequest,
   WsRoute,
   WsRoutesModule,
 } from '../../lib/index.js';
+import type { IncomingMessage } from 'node:http';
 import { CapturingLogger, startApp, type TestApp } from '../utils/app.js';
 import { delay, eventually, refusedUpgrade, TestClient } from '../utils/ws-client.js';
 
@@ -42,6 +44,29 @@ class SlowOpenRoute {
     return `${conn.data.ready ? 'ready' : 'early'}:${body}`;
   }
 }
+
+/** Reports what the connection still knows of its upgrade request. */
+class HandshakeInfo {
+  @OnOpen()
+  open(@ConnectedSocket() conn: WsConnection, @WsRequest() request: IncomingMessage) {
+    return `open:${request.url}:${conn.request === request}`;
+  }
+  @OnMessage()
+  message(@ConnectedSocket() conn: WsConnection) {
+    return {
+      request: conn.request ? conn.request.url : 'released',
+      client: conn.headers['x-client'],
+      query: conn.query,
+      params: conn.params,
+    };
+  }
+}
+
+@WsRoute('/info/:room')
+class ReleasedRequestRoute extends HandshakeInfo {}
+
+@WsRoute('/kept/:room', { keepUpgradeRequest: true })
+class KeptRequestRoute extends HandshakeInfo {}
 
 @WsRoute('/broken-open')
 class BrokenOpenRoute {
@@ -149,6 +174,8 @@ class PushOnlyRoute {
     NoBeatRoute,
     PushOnlyRoute,
     GatedRoute,
+    ReleasedRequestRoute,
+    KeptRequestRoute,
   ],
 })
 class AppModule {}
@@ -165,6 +192,29 @@ describe('connection lifecycle', () => {
     registry = t.app.get(WsConnectionRegistry);
   });
   afterAll(() => t.app.close());
+
+  it('releases the upgrade request after @OnOpen unless the route keeps it; headers, query and params stay', async () => {
+    const options = { headers: { 'X-Client': 'probe' } };
+    const released = await TestClient.open(t.url('/info/lobby?q=1&q=2'), undefined, options);
+    expect(await released.next()).toBe('open:/info/lobby?q=1&q=2:true');
+    released.send('?');
+    expect(await released.nextJson()).toEqual({
+      request: 'released',
+      client: 'probe',
+      query: { q: ['1', '2'] },
+      params: { room: 'lobby' },
+    });
+    const kept = await TestClient.open(t.url('/kept/hall'), undefined, options);
+    expect(await kept.next()).toBe('open:/kept/hall:true');
+    kept.send('?');
+    expect(await kept.nextJson()).toEqual({
+      request: '/kept/hall',
+      client: 'probe',
+      query: {},
+      params: { room: 'hall' },
+    });
+    await Promise.all([released.close(), kept.close()]);
+  });
 
   it('handles messages that arrive during an async @OnOpen after it, in order', async () => {
     const client = await TestClient.open(t.url('/slow-open'));
