@@ -40,9 +40,8 @@ import { createProtocolSelector } from './handshake/select-protocol.js';
 import { UpgradeHub, type UpgradeHandler } from './handshake/upgrade-hub.js';
 import { RouteMatcher } from './routing/route-matcher.js';
 import { WsRouteExplorer, type WsRouteDefinition } from './routing/ws-route-explorer.js';
-import { parseQuery, WsConnection } from './connection/ws-connection.js';
+import { parseQuery, WsConnection, type ConnectionRoute } from './connection/ws-connection.js';
 import { RateLimiter } from './connection/rate-limiter.js';
-import type { OutboundPolicy } from './connection/outbound.js';
 import { WsConnectionRegistry } from './connection/ws-connection-registry.js';
 import { Heartbeat } from './connection/heartbeat.js';
 import { RouteDispatcher } from './handlers/route-dispatcher.js';
@@ -61,7 +60,8 @@ interface ActiveRoute {
   /** The class's `@UseGuards()` and the global guards. */
   checkClassGuards: (request: HandshakeRequest, response: HandshakeResponse) => Promise<unknown>;
   protocolRequired: boolean;
-  outbound: OutboundPolicy;
+  /** What its connections share: pattern, rooms, outgoing-buffer policy, dispatcher. */
+  shared: ConnectionRoute;
   maxConnections: number;
 }
 
@@ -227,15 +227,24 @@ export class WsRoutesGateway
       checkClassGuards: handlers.handshake,
       protocolRequired: routeOptions.requireProtocol ?? false,
       maxConnections: routeOptions.maxConnections ?? Infinity,
-      outbound: {
-        maxBufferedAmount:
-          routeOptions.maxBufferedAmount ??
-          this.options.maxBufferedAmount ??
-          WS_ROUTES_DEFAULTS.maxBufferedAmount,
-        lowWatermark:
-          routeOptions.lowWatermark ?? this.options.lowWatermark ?? WS_ROUTES_DEFAULTS.lowWatermark,
-        slowConsumer:
-          routeOptions.slowConsumer ?? this.options.slowConsumer ?? WS_ROUTES_DEFAULTS.slowConsumer,
+      shared: {
+        pattern,
+        rooms: this.registry,
+        events: dispatcher,
+        outbound: {
+          maxBufferedAmount:
+            routeOptions.maxBufferedAmount ??
+            this.options.maxBufferedAmount ??
+            WS_ROUTES_DEFAULTS.maxBufferedAmount,
+          lowWatermark:
+            routeOptions.lowWatermark ??
+            this.options.lowWatermark ??
+            WS_ROUTES_DEFAULTS.lowWatermark,
+          slowConsumer:
+            routeOptions.slowConsumer ??
+            this.options.slowConsumer ??
+            WS_ROUTES_DEFAULTS.slowConsumer,
+        },
       },
     };
   }
@@ -396,12 +405,11 @@ export class WsRoutesGateway
       const conn = new WsConnection(
         ws,
         request,
-        route.pattern,
-        pathname,
+        route.shared,
+        // A static route's path is its pattern: one string for all its connections.
+        pathname === route.pattern ? route.pattern : pathname,
         params,
-        this.registry,
         ip,
-        route.outbound,
       );
       if (handshakeRequest.user !== undefined) conn.data.user = handshakeRequest.user;
       this.registry.add(conn);

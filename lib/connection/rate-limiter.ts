@@ -20,7 +20,10 @@ export class RateLimiter {
 
   /** Takes a token for this message; `false` when the connection is over its limit. */
   take(conn: WsConnection, now = Date.now()): boolean {
-    const tokens = Math.min(this.capacity, conn.tokens + (now - conn.tokensAt) * this.refillPerMs);
+    const tokens =
+      conn.tokens < 0
+        ? this.capacity // first message: a full bucket
+        : Math.min(this.capacity, conn.tokens + (now - conn.tokensAt) * this.refillPerMs);
     conn.tokensAt = now;
     if (tokens < 1) {
       conn.tokens = tokens;

@@ -31,12 +31,19 @@ export interface OutboundEvents {
   onDrain(conn: WsConnection): void;
 }
 
-/** No limits: connections created outside a route (never, in practice) and tests. */
-const UNLIMITED: OutboundPolicy = {
-  maxBufferedAmount: Infinity,
-  lowWatermark: Infinity,
-  slowConsumer: 'drop',
-};
+/**
+ * @internal What every connection of one route shares, held once per route rather than once
+ * per connection.
+ */
+export interface ConnectionRoute {
+  /** The `@WsRoute` pattern. */
+  readonly pattern: string;
+  /** Where room changes are recorded. */
+  readonly rooms: RoomIndex;
+  readonly outbound: OutboundPolicy;
+  /** Told about outgoing-buffer events: the route's dispatcher. */
+  readonly events: OutboundEvents | undefined;
+}
 
 /** Query-string values; a repeated key gives an array. */
 export type WsQueryParams = Record<string, string | string[]>;
@@ -47,6 +54,23 @@ const NOTHING: Readonly<Record<string, never>> = Object.freeze({});
 
 function isEmpty(object: object): boolean {
   return Object.keys(object).length === 0;
+}
+
+/** Headers that only served the handshake; the rest are kept for the connection's life. */
+const HANDSHAKE_HEADERS = new Set([
+  'connection',
+  'upgrade',
+  'sec-websocket-key',
+  'sec-websocket-version',
+  'sec-websocket-extensions',
+]);
+
+function withoutHandshakeHeaders(headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const kept: IncomingHttpHeaders = {};
+  for (const name in headers) {
+    if (!HANDSHAKE_HEADERS.has(name)) kept[name] = headers[name];
+  }
+  return kept;
 }
 
 function queryOf(url: string): WsQueryParams {
@@ -101,13 +125,14 @@ export class WsConnection<TData extends object = Record<string, any>> {
    * outgoing ones skipped as `volatile` or by the `'drop'` slow-consumer policy.
    */
   droppedMessages = 0;
-  /** @internal Told about outgoing-buffer events: shared by every connection of a route. */
-  outboundEvents: OutboundEvents | undefined = undefined;
   private drainArmed = false;
   /** Outgoing bytes queued before this turn's first write; what backpressure judges. */
   private backlog = 0;
-  /** @internal Rate-limit bucket: tokens left and when they were counted. */
-  tokens = Infinity;
+  /**
+   * @internal Rate-limit bucket: tokens left (`-1`: not used yet, full) and when they were
+   * counted. Not `Infinity`: a non-integer field costs every connection a boxed number.
+   */
+  tokens = -1;
   /** @internal */
   tokensAt = 0;
 
@@ -130,21 +155,23 @@ export class WsConnection<TData extends object = Record<string, any>> {
     /** The raw `ws` WebSocket: an escape hatch for what this class does not cover. */
     readonly socket: WebSocket,
     request: IncomingMessage,
-    /** The `@WsRoute` pattern this connection matched, e.g. `/rooms/:room`. */
-    readonly route: string,
+    private readonly shared: ConnectionRoute,
     /** The request path without the query string, e.g. `/rooms/lobby`. */
     readonly path: string,
     params: Readonly<Record<string, string>>,
-    private readonly rooms_: RoomIndex,
     /** The client's IP: the TCP peer, or the forwarded address with `trustProxy`. */
     readonly remoteAddress: string = request.socket.remoteAddress ?? '',
-    private readonly outbound: OutboundPolicy = UNLIMITED,
   ) {
     this.request_ = request;
-    this.headers = request.headers;
+    this.headers = withoutHandshakeHeaders(request.headers);
     const query = (request as { query?: WsQueryParams }).query ?? queryOf(request.url ?? '');
     this.query = isEmpty(query) ? NOTHING : query;
     this.params = isEmpty(params) ? NOTHING : params;
+  }
+
+  /** The `@WsRoute` pattern this connection matched, e.g. `/rooms/:room`. */
+  get route(): string {
+    return this.shared.pattern;
   }
 
   /**
@@ -203,7 +230,7 @@ export class WsConnection<TData extends object = Record<string, any>> {
       this.joined ??= new Set();
       if (this.joined.has(room)) continue;
       this.joined.add(room);
-      this.rooms_.joinRoom(this, room);
+      this.shared.rooms.joinRoom(this, room);
     }
   }
 
@@ -211,7 +238,7 @@ export class WsConnection<TData extends object = Record<string, any>> {
   leave(...rooms: string[]): void {
     if (!this.joined) return;
     for (const room of rooms.length ? rooms : [...this.joined]) {
-      if (this.joined.delete(room)) this.rooms_.leaveRoom(this, room);
+      if (this.joined.delete(room)) this.shared.rooms.leaveRoom(this, room);
     }
   }
 
@@ -236,7 +263,8 @@ export class WsConnection<TData extends object = Record<string, any>> {
     frame: Buffer | undefined,
     volatile: boolean,
   ): boolean {
-    const { socket, outbound } = this;
+    const { socket } = this;
+    const { outbound, events } = this.shared;
     const raw = rawSocket(socket);
     if (!raw) return false;
     // Backpressure judges what is still queued from earlier turns: bytes written in this turn
@@ -248,7 +276,7 @@ export class WsConnection<TData extends object = Record<string, any>> {
         return false;
       }
       if (this.backlog > outbound.maxBufferedAmount) {
-        this.outboundEvents?.onOverflow(this, outbound);
+        events?.onOverflow(this, outbound);
         if (outbound.slowConsumer === 'drop') this.droppedMessages++;
         else this.close(CloseCode.TryAgainLater, 'Slow consumer');
         return false;
@@ -256,11 +284,7 @@ export class WsConnection<TData extends object = Record<string, any>> {
     }
     if (frame && canWriteFrame(socket)) raw.write(frame);
     else socket.send(payload, { binary });
-    if (
-      !this.drainArmed &&
-      this.outboundEvents?.watchesDrain &&
-      socket.bufferedAmount > outbound.lowWatermark
-    )
+    if (!this.drainArmed && events?.watchesDrain && socket.bufferedAmount > outbound.lowWatermark)
       this.armDrain();
     return true;
   }
@@ -271,7 +295,7 @@ export class WsConnection<TData extends object = Record<string, any>> {
     this.drainArmed = true;
     raw.once('drain', () => {
       this.drainArmed = false;
-      if (this.readyState === WsConnection.OPEN) this.outboundEvents?.onDrain(this);
+      if (this.readyState === WsConnection.OPEN) this.shared.events?.onDrain(this);
     });
   }
 

@@ -46,24 +46,82 @@ function onPing(this: WebSocket, payload: Buffer): void {
 /** Longest event name quoted back in an "unknown event" answer. */
 const MAX_QUOTED_EVENT = 64;
 
-/** Per-connection state of the dispatcher. */
-interface Session {
-  dispatcher: RouteDispatcher;
-  conn: WsConnection;
-  /** A handler of this connection is running; later messages wait in `queue`, in order. */
-  busy: boolean;
-  /** `@OnOpen` threw: nothing else runs for this connection. */
-  failed: boolean;
-  /** The close code the server sent after a protocol error (1002, 1007, 1009). */
-  protocolErrorCode: number | undefined;
-  /** Set when the connection must close once the messages it already accepted are answered. */
-  closeWhenIdle: { code: number; reason: string } | undefined;
-  paused: boolean;
+const BUSY = 1;
+const FAILED = 2;
+const PAUSED = 4;
+
+/** What a session rarely needs: allocated on first use. */
+interface SessionExtras {
+  protocolErrorCode?: number;
+  closeWhenIdle?: { code: number; reason: string };
+  subscriptions?: Set<Subscription>;
+  whenIdle?: () => void;
+}
+
+/**
+ * Per-connection state of the dispatcher. Every open connection has one, so it is kept small:
+ * three flags in one number and the rarely used fields in an object made on demand.
+ */
+class Session {
+  private flags = 0;
   /** Waiting messages as flat pairs: data, isBinary. */
-  queue: (Buffer | boolean)[] | undefined;
-  subscriptions: Set<Subscription> | undefined;
+  queue: (Buffer | boolean)[] | undefined = undefined;
+  private extras: SessionExtras | undefined = undefined;
+
+  constructor(
+    readonly dispatcher: RouteDispatcher,
+    readonly conn: WsConnection,
+  ) {}
+
+  /** A handler of this connection is running; later messages wait in `queue`, in order. */
+  get busy(): boolean {
+    return (this.flags & BUSY) !== 0;
+  }
+  set busy(value: boolean) {
+    this.flags = value ? this.flags | BUSY : this.flags & ~BUSY;
+  }
+  /** `@OnOpen` threw: nothing else runs for this connection. */
+  get failed(): boolean {
+    return (this.flags & FAILED) !== 0;
+  }
+  set failed(value: boolean) {
+    this.flags = value ? this.flags | FAILED : this.flags & ~FAILED;
+  }
+  /** Reading from the socket is paused until the queue halves. */
+  get paused(): boolean {
+    return (this.flags & PAUSED) !== 0;
+  }
+  set paused(value: boolean) {
+    this.flags = value ? this.flags | PAUSED : this.flags & ~PAUSED;
+  }
+  /** The close code the server sent after a protocol error (1002, 1007, 1009). */
+  get protocolErrorCode(): number | undefined {
+    return this.extras?.protocolErrorCode;
+  }
+  set protocolErrorCode(value: number | undefined) {
+    (this.extras ??= {}).protocolErrorCode = value;
+  }
+  /** Set when the connection must close once the messages it already accepted are answered. */
+  get closeWhenIdle(): SessionExtras['closeWhenIdle'] {
+    return this.extras?.closeWhenIdle;
+  }
+  set closeWhenIdle(value: SessionExtras['closeWhenIdle']) {
+    (this.extras ??= {}).closeWhenIdle = value;
+  }
+  /** Observable replies still running. */
+  get subscriptions(): Set<Subscription> | undefined {
+    return this.extras?.subscriptions;
+  }
+  set subscriptions(value: Set<Subscription> | undefined) {
+    (this.extras ??= {}).subscriptions = value;
+  }
   /** Resolves `@OnClose`'s wait for the last queued message. */
-  whenIdle: (() => void) | undefined;
+  get whenIdle(): (() => void) | undefined {
+    return this.extras?.whenIdle;
+  }
+  set whenIdle(value: (() => void) | undefined) {
+    (this.extras ??= {}).whenIdle = value;
+  }
 }
 
 /** What a dispatcher does besides running handlers. */
@@ -105,18 +163,7 @@ export class RouteDispatcher implements OutboundEvents {
 
   /** Binds a freshly registered connection to this route's handlers and runs `@OnOpen`. */
   attach(conn: WsConnection): void {
-    const session: Session = {
-      dispatcher: this,
-      conn,
-      busy: false,
-      failed: false,
-      closeWhenIdle: undefined,
-      protocolErrorCode: undefined,
-      paused: false,
-      queue: undefined,
-      subscriptions: undefined,
-      whenIdle: undefined,
-    };
+    const session = new Session(this, conn);
     // The listeners are shared by every socket and find their session on it: five closures
     // per connection would cost more heap than the connection's own state.
     const socket = conn.socket as SessionSocket;
@@ -127,7 +174,6 @@ export class RouteDispatcher implements OutboundEvents {
     // ws answers pings itself; these are only needed by the heartbeat and @OnPing/@OnPong.
     if (this.options.heartbeat || this.handlers.pong) socket.on('pong', onPong);
     if (this.options.heartbeat || this.handlers.ping) socket.on('ping', onPing);
-    conn.outboundEvents = this;
     if (this.handlers.open) this.open(session, this.handlers.open);
     else if (!this.options.keepUpgradeRequest) conn.releaseRequest();
   }

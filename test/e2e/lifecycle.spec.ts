@@ -49,13 +49,14 @@ class SlowOpenRoute {
 class HandshakeInfo {
   @OnOpen()
   open(@ConnectedSocket() conn: WsConnection, @WsRequest() request: IncomingMessage) {
-    return `open:${request.url}:${conn.request === request}`;
+    return `open:${request.url}:${conn.request === request}:${request.headers['sec-websocket-key'] ? 'key' : 'no key'}`;
   }
   @OnMessage()
   message(@ConnectedSocket() conn: WsConnection) {
     return {
       request: conn.request ? conn.request.url : 'released',
       client: conn.headers['x-client'],
+      key: conn.headers['sec-websocket-key'] ?? 'dropped',
       query: conn.query,
       params: conn.params,
     };
@@ -196,20 +197,22 @@ describe('connection lifecycle', () => {
   it('releases the upgrade request after @OnOpen unless the route keeps it; headers, query and params stay', async () => {
     const options = { headers: { 'X-Client': 'probe' } };
     const released = await TestClient.open(t.url('/info/lobby?q=1&q=2'), undefined, options);
-    expect(await released.next()).toBe('open:/info/lobby?q=1&q=2:true');
+    expect(await released.next()).toBe('open:/info/lobby?q=1&q=2:true:key');
     released.send('?');
     expect(await released.nextJson()).toEqual({
       request: 'released',
       client: 'probe',
+      key: 'dropped',
       query: { q: ['1', '2'] },
       params: { room: 'lobby' },
     });
     const kept = await TestClient.open(t.url('/kept/hall'), undefined, options);
-    expect(await kept.next()).toBe('open:/kept/hall:true');
+    expect(await kept.next()).toBe('open:/kept/hall:true:key');
     kept.send('?');
     expect(await kept.nextJson()).toEqual({
       request: '/kept/hall',
       client: 'probe',
+      key: 'dropped',
       query: {},
       params: { room: 'hall' },
     });
