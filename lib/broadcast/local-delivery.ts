@@ -18,11 +18,11 @@ export function createLocalDelivery(registry: WsConnectionRegistry): LocalDelive
       typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
     const { binary } = packet;
     const volatile = packet.volatile ?? false;
-    const except = packet.except?.length ? new Set(packet.except) : undefined;
+    const except = packet.except?.length ? connectionsOf(registry, packet.except) : undefined;
     let frame: Buffer | undefined;
     let delivered = 0;
     for (const conn of recipients(registry, packet)) {
-      if (conn.readyState !== OPEN || except?.has(conn.id)) continue;
+      if (conn.readyState !== OPEN || except?.has(conn)) continue;
       frame ??= frameMessage(payload, binary);
       if (conn.deliver(payload, binary, frame, volatile)) delivered++;
     }
@@ -34,20 +34,29 @@ function recipients(
   registry: WsConnectionRegistry,
   packet: BroadcastPacket,
 ): Iterable<WsConnection> {
-  if (isForEveryone(packet)) return registry;
+  if (isForEveryone(packet)) return everyone(registry);
   const groups: Iterable<WsConnection>[] = [];
   for (const route of packet.routes ?? []) groups.push(registry.byRoute(route));
   for (const room of packet.rooms ?? []) groups.push(registry.inRoom(room));
-  if (packet.connections?.length) {
-    const named: WsConnection[] = [];
-    for (const id of packet.connections) {
-      const conn = registry.get(id);
-      if (conn) named.push(conn);
-    }
-    groups.push(named);
-  }
+  if (packet.connections?.length) groups.push(connectionsOf(registry, packet.connections));
   if (groups.length === 1) return groups[0];
   const union = new Set<WsConnection>();
   for (const group of groups) for (const conn of group) union.add(conn);
   return union;
+}
+
+/** The open connections of this process with these ids (an id names one process's connection). */
+function connectionsOf(registry: WsConnectionRegistry, ids: readonly string[]): Set<WsConnection> {
+  const found = new Set<WsConnection>();
+  for (const id of ids) {
+    const conn = registry.get(id);
+    if (conn) found.add(conn);
+  }
+  return found;
+}
+
+/** Every connection: the route sets are disjoint, so one of them is iterated as it is. */
+function everyone(registry: WsConnectionRegistry): Iterable<WsConnection> {
+  const sets = [...registry.routeSets()];
+  return sets.length === 1 ? sets[0] : registry;
 }

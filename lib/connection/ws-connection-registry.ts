@@ -1,7 +1,7 @@
 import { Injectable, type Type } from '@nestjs/common';
 import { WS_ROUTE_METADATA } from '../ws-routes.constants.js';
 import type { WsRouteMetadata } from '../decorators/ws-route.decorator.js';
-import type { RoomIndex, WsConnection } from './ws-connection.js';
+import type { ConnectionIndex, WsConnection } from './ws-connection.js';
 
 const EMPTY: ReadonlySet<WsConnection> = new Set();
 
@@ -14,14 +14,16 @@ const EMPTY: ReadonlySet<WsConnection> = new Set();
  * loop over them.
  */
 @Injectable()
-export class WsConnectionRegistry implements Iterable<WsConnection>, RoomIndex {
-  private readonly connections = new Map<string, WsConnection>();
+export class WsConnectionRegistry implements Iterable<WsConnection>, ConnectionIndex {
+  /** Connections whose id has been read; ids are made on first use (see `WsConnection.id`). */
+  private readonly byId = new Map<string, WsConnection>();
   private readonly routes = new Map<string, Set<WsConnection>>();
   private readonly rooms = new Map<string, Set<WsConnection>>();
+  private count = 0;
 
   /** Number of open connections. */
   get size(): number {
-    return this.connections.size;
+    return this.count;
   }
 
   /** Number of rooms that have at least one member. */
@@ -31,11 +33,17 @@ export class WsConnectionRegistry implements Iterable<WsConnection>, RoomIndex {
 
   /** The connection with this id, if it is open on this process. */
   get(id: string): WsConnection | undefined {
-    return this.connections.get(id);
+    return this.byId.get(id);
   }
 
-  [Symbol.iterator](): IterableIterator<WsConnection> {
-    return this.connections.values();
+  /** Every open connection, route by route. */
+  *[Symbol.iterator](): IterableIterator<WsConnection> {
+    for (const members of this.routes.values()) yield* members;
+  }
+
+  /** @internal The connections of each route: disjoint sets that together hold every one. */
+  routeSets(): IterableIterator<ReadonlySet<WsConnection>> {
+    return this.routes.values();
   }
 
   /** Connections of one route, by its class or its path pattern. */
@@ -55,15 +63,22 @@ export class WsConnectionRegistry implements Iterable<WsConnection>, RoomIndex {
 
   /** @internal */
   add(conn: WsConnection): void {
-    this.connections.set(conn.id, conn);
     addTo(this.routes, conn.route, conn);
+    this.count++;
   }
 
   /** @internal Removes the connection from the registry, its route and all its rooms. */
   remove(conn: WsConnection): void {
-    if (!this.connections.delete(conn.id)) return;
-    removeFrom(this.routes, conn.route, conn);
+    if (!removeFrom(this.routes, conn.route, conn)) return;
+    this.count--;
+    const id = conn.assignedId;
+    if (id !== undefined) this.byId.delete(id);
     conn.leave();
+  }
+
+  /** @internal A connection's id was made: `get(id)` finds it from now on, while it is open. */
+  indexId(conn: WsConnection, id: string): void {
+    if (this.routes.get(conn.route)?.has(conn)) this.byId.set(id, conn);
   }
 
   /** @internal */
@@ -91,7 +106,10 @@ function addTo<K>(index: Map<K, Set<WsConnection>>, key: K, conn: WsConnection):
   members.add(conn);
 }
 
-function removeFrom<K>(index: Map<K, Set<WsConnection>>, key: K, conn: WsConnection): void {
+/** `false` if the connection was not in there. */
+function removeFrom<K>(index: Map<K, Set<WsConnection>>, key: K, conn: WsConnection): boolean {
   const members = index.get(key);
-  if (members?.delete(conn) && members.size === 0) index.delete(key);
+  if (!members?.delete(conn)) return false;
+  if (members.size === 0) index.delete(key);
+  return true;
 }

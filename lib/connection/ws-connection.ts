@@ -6,8 +6,9 @@ import { encodeMessage } from './encode-message.js';
 import { canWriteFrame, corkForThisTurn, rawSocket, type OutboundPolicy } from './outbound.js';
 import { truncateCloseReason } from './truncate-utf8.js';
 
-/** Where a connection's room changes are recorded; implemented by `WsConnectionRegistry`. */
-export interface RoomIndex {
+/** Where a connection's id and room changes are recorded; implemented by `WsConnectionRegistry`. */
+export interface ConnectionIndex {
+  indexId(conn: WsConnection, id: string): void;
   joinRoom(conn: WsConnection, room: string): void;
   leaveRoom(conn: WsConnection, room: string): void;
 }
@@ -38,8 +39,8 @@ export interface OutboundEvents {
 export interface ConnectionRoute {
   /** The `@WsRoute` pattern. */
   readonly pattern: string;
-  /** Where room changes are recorded. */
-  readonly rooms: RoomIndex;
+  /** Where ids and room changes are recorded. */
+  readonly rooms: ConnectionIndex;
   readonly outbound: OutboundPolicy;
   /** Told about outgoing-buffer events: the route's dispatcher. */
   readonly events: OutboundEvents | undefined;
@@ -111,8 +112,7 @@ export class WsConnection<TData extends object = Record<string, any>> {
     return 3;
   }
 
-  /** Unique id (UUID); broadcast targets and `registry.get(id)` use it. */
-  readonly id: string = newConnectionId();
+  private id_: string | undefined = undefined;
   /** Close code once closed: what the peer sent, 1005 if none, 1006 if the link dropped. */
   closeCode: number | undefined = undefined;
   /** Close reason once closed (`''` if none). */
@@ -167,6 +167,24 @@ export class WsConnection<TData extends object = Record<string, any>> {
     const query = (request as { query?: WsQueryParams }).query ?? queryOf(request.url ?? '');
     this.query = isEmpty(query) ? NOTHING : query;
     this.params = isEmpty(params) ? NOTHING : params;
+  }
+
+  /**
+   * Unique id (a UUID) for `BroadcastService.toConnection(id)`, `except(id)` and
+   * `registry.get(id)`. Made the first time it is read: connections nobody asks about cost no
+   * id (about 90 bytes each with its index entry).
+   */
+  get id(): string {
+    if (this.id_ === undefined) {
+      this.id_ = newConnectionId();
+      this.shared.rooms.indexId(this, this.id_);
+    }
+    return this.id_;
+  }
+
+  /** @internal The id, if it has been made. */
+  get assignedId(): string | undefined {
+    return this.id_;
   }
 
   /** The `@WsRoute` pattern this connection matched, e.g. `/rooms/:room`. */

@@ -39,7 +39,16 @@ class DemandRoute {
   }
 }
 
-@Module({ imports: [WsRoutesModule.forRoot()], providers: [ChatRoute, DemandRoute] })
+/** A route that never reads `conn.id`. */
+@WsRoute('/quiet')
+class QuietRoute {
+  @OnMessage()
+  message() {
+    return 'ok';
+  }
+}
+
+@Module({ imports: [WsRoutesModule.forRoot()], providers: [ChatRoute, DemandRoute, QuietRoute] })
 class AppModule {}
 
 async function join(t: TestApp, path: string): Promise<{ client: TestClient; id: string }> {
@@ -117,5 +126,29 @@ describe('BroadcastService', () => {
     expect(registry.inRoom('x').size).toBe(0);
     await Promise.all([a.client.close(), b.client.close()]);
     await eventually(() => registry.size === 0);
+    expect(registry.get(a.id)).toBeUndefined();
+  });
+
+  it('finds a connection by an id read at any time while it is open, and never after', async () => {
+    const first = await TestClient.open(t.url('/quiet'));
+    const second = await TestClient.open(t.url('/quiet'));
+    await eventually(() => registry.byRoute(QuietRoute).size === 2);
+    const [one, two] = [...registry.byRoute(QuietRoute)];
+    expect([...registry].length).toBe(2);
+    // The id is made when first read, and from then on it addresses the connection.
+    expect(registry.get(one.id)).toBe(one);
+    expect(broadcast.toConnection(one.id).send('only you')).toBe(1);
+    expect(broadcast.toRoute(QuietRoute).except(one.id).send('not you')).toBe(1);
+    const received = await Promise.all([first.next(), second.next()]);
+    expect(received.sort()).toEqual(['not you', 'only you']);
+    expect(one.id).not.toBe(two.id);
+
+    await first.close();
+    await second.close();
+    await eventually(() => registry.size === 0);
+    // An id read after the close addresses nothing.
+    expect(registry.get(one.id)).toBeUndefined();
+    expect(registry.get(two.id)).toBeUndefined();
+    expect(broadcast.toConnection(two.id).send('gone')).toBe(0);
   });
 });
