@@ -3,7 +3,16 @@ import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { WebSocket } from 'ws';
 import { CloseCode } from '../ws-routes.constants.js';
 import { encodeMessage } from './encode-message.js';
-import { canWriteFrame, corkForThisTurn, rawSocket, type OutboundPolicy } from './outbound.js';
+import {
+  canWriteFrame,
+  flushFrames,
+  frameParts,
+  pendingBytes,
+  queueFrame,
+  rawSocket,
+  startBatch,
+  type OutboundPolicy,
+} from './outbound.js';
 import { truncateCloseReason } from './truncate-utf8.js';
 
 /** Where a connection's id and room changes are recorded; implemented by `WsConnectionRegistry`. */
@@ -152,7 +161,11 @@ export class WsConnection<TData extends object = Record<string, any>> {
 
   /** @internal Connections are created by the gateway after a successful handshake. */
   constructor(
-    /** The raw `ws` WebSocket: an escape hatch for what this class does not cover. */
+    /**
+     * The raw `ws` WebSocket: an escape hatch for what this class does not cover. Messages
+     * sent through it skip this connection's batching (and its backpressure), so they can
+     * overtake what `send()` and broadcasts queued in the same event-loop turn.
+     */
     readonly socket: WebSocket,
     request: IncomingMessage,
     private readonly shared: ConnectionRoute,
@@ -233,7 +246,8 @@ export class WsConnection<TData extends object = Record<string, any>> {
 
   /** Bytes queued for this connection that the kernel has not accepted yet. */
   get bufferedAmount(): number {
-    return this.socket.bufferedAmount;
+    const raw = rawSocket(this.socket);
+    return this.socket.bufferedAmount + (raw ? pendingBytes(raw) : 0);
   }
 
   /** Rooms this connection has joined. */
@@ -272,8 +286,9 @@ export class WsConnection<TData extends object = Record<string, any>> {
 
   /**
    * @internal The one write path of every outgoing message: backpressure first, then the
-   * frame built once by a broadcast if it can go straight to the socket, else `ws.send()`;
-   * both corked until the end of the turn. Returns whether the message was queued.
+   * frame (built once by a broadcast, or here for a reply) joins this turn's batch for the
+   * socket, written at the end of the turn; with per-message deflate `ws.send()` frames it,
+   * after the batch so far. Returns whether the message was queued.
    */
   deliver(
     payload: string | Buffer,
@@ -285,9 +300,9 @@ export class WsConnection<TData extends object = Record<string, any>> {
     const { outbound, events } = this.shared;
     const raw = rawSocket(socket);
     if (!raw) return false;
-    // Backpressure judges what is still queued from earlier turns: bytes written in this turn
-    // wait for the uncork by design, and a burst is not a slow consumer.
-    if (corkForThisTurn(raw, frame !== undefined)) this.backlog = socket.bufferedAmount;
+    // Backpressure judges what is still queued from earlier turns: bytes sent in this turn
+    // wait for the end of the turn by design, and a burst is not a slow consumer.
+    if (startBatch(socket, raw, frame !== undefined)) this.backlog = socket.bufferedAmount;
     if (this.backlog > outbound.lowWatermark) {
       if (volatile) {
         this.droppedMessages++;
@@ -300,9 +315,22 @@ export class WsConnection<TData extends object = Record<string, any>> {
         return false;
       }
     }
-    if (frame && canWriteFrame(socket)) raw.write(frame);
-    else socket.send(payload, { binary });
-    if (!this.drainArmed && events?.watchesDrain && socket.bufferedAmount > outbound.lowWatermark)
+    if (canWriteFrame(socket)) {
+      if (frame) queueFrame(raw, frame);
+      else {
+        const parts = frameParts(
+          typeof payload === 'string' ? Buffer.from(payload) : payload,
+          binary,
+        );
+        for (let i = 0; i < parts.length; i++) queueFrame(raw, parts[i]);
+      }
+    } else {
+      // ws must frame it (per-message deflate, or its sender is busy): what is pending goes
+      // first, so nothing overtakes it.
+      flushFrames(raw);
+      socket.send(payload, { binary });
+    }
+    if (!this.drainArmed && events?.watchesDrain && this.bufferedAmount > outbound.lowWatermark)
       this.armDrain();
     return true;
   }
@@ -331,6 +359,9 @@ export class WsConnection<TData extends object = Record<string, any>> {
    */
   close(code: number = CloseCode.Normal, reason = ''): void {
     if (this.socket.readyState >= WsConnection.CLOSING) return;
+    // Messages sent before the close go out before the close frame.
+    const raw = rawSocket(this.socket);
+    if (raw) flushFrames(raw);
     this.socket.close(code, truncateCloseReason(reason));
   }
 
