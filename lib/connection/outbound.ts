@@ -68,7 +68,8 @@ const CONCAT_LIMIT = 64 * 1024;
 
 /**
  * Writes a socket's pending frames now: one `write` of one buffer (one copy of small frames is
- * cheaper than a stream write each), or corked writes that leave as one `writev` for large ones.
+ * cheaper than a stream write each), or corked writes that leave as one `writev` for large
+ * batches and for sockets that lag behind.
  */
 export function flushFrames(socket: Socket): void {
   const batched = socket as BatchedSocket;
@@ -82,7 +83,10 @@ export function flushFrames(socket: Socket): void {
   }
   let total = 0;
   for (let i = 0; i < parts.length; i++) total += parts[i].length;
-  if (total <= CONCAT_LIMIT) {
+  // A socket that keeps up (nothing left in its stream buffer) takes the copy at once and it
+  // is freed; one that lags keeps references to the frames, which a broadcast shares between
+  // all its sockets, instead of a copy each.
+  if (total <= CONCAT_LIMIT && socket.writableLength === 0) {
     socket.write(Buffer.concat(parts, total));
     return;
   }
