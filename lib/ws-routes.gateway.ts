@@ -409,6 +409,7 @@ export class WsRoutesGateway
         // A static route's path is its pattern: one string for all its connections.
         pathname === route.pattern ? route.pattern : pathname,
         params,
+        handshakeRequest.query,
         ip,
       );
       if (handshakeRequest.user !== undefined) conn.data.user = handshakeRequest.user;

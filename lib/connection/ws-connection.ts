@@ -83,11 +83,6 @@ function withoutHandshakeHeaders(headers: IncomingHttpHeaders): IncomingHttpHead
   return kept;
 }
 
-function queryOf(url: string): WsQueryParams {
-  const at = url.indexOf('?');
-  return at === -1 ? {} : parseQuery(url.slice(at + 1));
-}
-
 /**
  * A random UUID as one flat string. `randomUUID()` returns a rope of 14 concatenated pieces
  * (about 480 bytes of heap); copied once, the id costs 56.
@@ -152,7 +147,10 @@ export class WsConnection<TData extends object = Record<string, any>> {
   private data_: TData | undefined = undefined;
   private request_: IncomingMessage | undefined;
 
-  /** Headers of the upgrade request (lower-case names). */
+  /**
+   * Headers of the upgrade request (lower-case names), without those that only served the
+   * handshake (`connection`, `upgrade`, `sec-websocket-key`, `-version`, `-extensions`).
+   */
   readonly headers: IncomingHttpHeaders;
   /** Query-string parameters of the upgrade URL; a repeated key gives an array. */
   readonly query: Readonly<WsQueryParams>;
@@ -172,12 +170,12 @@ export class WsConnection<TData extends object = Record<string, any>> {
     /** The request path without the query string, e.g. `/rooms/lobby`. */
     readonly path: string,
     params: Readonly<Record<string, string>>,
+    query: WsQueryParams,
     /** The client's IP: the TCP peer, or the forwarded address with `trustProxy`. */
     readonly remoteAddress: string = request.socket.remoteAddress ?? '',
   ) {
     this.request_ = request;
     this.headers = withoutHandshakeHeaders(request.headers);
-    const query = (request as { query?: WsQueryParams }).query ?? queryOf(request.url ?? '');
     this.query = isEmpty(query) ? NOTHING : query;
     this.params = isEmpty(params) ? NOTHING : params;
   }
