@@ -61,7 +61,10 @@ export function WsHeaders(name?: string): ParameterDecorator {
   return paramDecorator(WsRouteParamtype.HEADERS, name?.toLowerCase(), []);
 }
 
-/** The upgrade request (`IncomingMessage`) of the connection. */
+/**
+ * The upgrade request (`IncomingMessage`) of the connection: in `@OnOpen`; elsewhere only on routes
+ * with `keepUpgradeRequest` (otherwise `undefined`).
+ */
 export function WsRequest(): ParameterDecorator {
   return paramDecorator(WsRouteParamtype.REQUEST, undefined, []);
 }
