@@ -44,11 +44,14 @@ export const WS_ROUTES_DEFAULTS = {
   host: '0.0.0.0',
   /** Open connections per process; beyond, upgrades get 503. */
   maxConnections: 10_000,
-  /** Open connections per client IP; beyond, upgrades get 429. */
-  maxConnectionsPerIp: 256,
+  /**
+   * Open connections per client IP: unlimited. Behind a proxy, a load balancer or a carrier NAT
+   * many users share one address; set a number (with `trustProxy` behind a proxy) to turn it on.
+   */
+  maxConnectionsPerIp: Infinity,
   /** Messages per connection: 100 per second (burst 100), then close with 1008. */
   rateLimit: { messages: 100, per: 1_000, action: 'close' },
-  /** Time to complete the upgrade request and the handshake checks. */
+  /** Time to complete the upgrade request and the handshake checks; `0` turns both watches off. */
   handshakeTimeout: 10_000,
   /** Outgoing bytes a connection may have queued before the slow-consumer policy applies. */
   maxBufferedAmount: 1024 * 1024,
@@ -58,6 +61,13 @@ export const WS_ROUTES_DEFAULTS = {
   slowConsumer: 'close',
   /** `conn.request` is released once `@OnOpen` has finished (about 1 KB per connection). */
   keepUpgradeRequest: false,
+  /** Received messages a connection may have waiting for a busy handler before reading pauses. */
+  maxQueuedMessages: 1024,
+  /**
+   * Bytes of received messages a connection may have waiting before reading pauses, as a
+   * multiple of `maxPayload` (default 4 × 1 MiB).
+   */
+  maxQueuedPayloads: 4,
 } as const;
 
 /** Metadata keys written by the decorators and read once at start-up by the explorer. */

@@ -6,6 +6,6 @@
 export interface HeartbeatOptions {
   /** Milliseconds between pings. Default 30 000. */
   interval: number;
-  /** Milliseconds a peer has to answer a ping; must be smaller than `interval`. Default 10 000. */
+  /** Milliseconds a peer has to answer a ping; at most `interval` (equal: each ping judges the previous one, as `ws`'s own example does). Default 10 000. */
   timeout: number;
 }

@@ -52,4 +52,6 @@ export interface WsRouteOptions {
   slowConsumer?: 'close' | 'drop';
   /** Keep `conn.request` after `@OnOpen`; see the module option. */
   keepUpgradeRequest?: boolean;
+  /** Bytes of received messages waiting for a busy handler; see the module option. */
+  maxQueuedBytes?: number;
 }

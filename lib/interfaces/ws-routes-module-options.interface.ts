@@ -35,7 +35,11 @@ export interface WsRoutesModuleOptions {
   guards?: HandshakeGuard[];
   /** Most open connections of this process; more are refused with 503. Default 10 000. */
   maxConnections?: number;
-  /** Most open connections from one client IP; more are refused with 429. Default 256. */
+  /**
+   * Most open connections from one client IP; more are refused with 429. Default: unlimited.
+   * Turn it on only where the server sees real client addresses: directly, or behind a proxy
+   * with `trustProxy` set (otherwise every user has the proxy's address).
+   */
   maxConnectionsPerIp?: number;
   /**
    * Take the client IP from `X-Forwarded-For`: `true` trusts the whole header (its left-most
@@ -47,7 +51,7 @@ export interface WsRoutesModuleOptions {
   rateLimit?: RateLimitOptions | false;
   /**
    * Milliseconds a client has, from opening the TCP connection, to complete the upgrade
-   * request, and for the handshake checks to finish. Default 10 000.
+   * request, and for the handshake checks to finish. Default 10 000; `0` turns both off.
    */
   handshakeTimeout?: number;
   /**
@@ -68,4 +72,10 @@ export interface WsRoutesModuleOptions {
    * connection; `conn.headers`, `query`, `params` and `remoteAddress` stay either way.
    */
   keepUpgradeRequest?: boolean;
+  /**
+   * Bytes of received messages a connection may have waiting while its handler is busy; at
+   * the cap the server stops reading its socket (TCP flow control holds the client back)
+   * until the queue halves. Default 4 × `maxPayload`. The count is capped at 1,024 too.
+   */
+  maxQueuedBytes?: number;
 }
