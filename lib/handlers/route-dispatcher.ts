@@ -133,6 +133,10 @@ export interface RouteDispatcherOptions {
   keepUpgradeRequest?: boolean;
   /** The route's heartbeat runs: pings and pongs from clients count as signs of life. */
   heartbeat?: boolean;
+  /** Received messages waiting for a busy handler, by count and bytes, before reading pauses. */
+  inbound?: { maxMessages: number; maxBytes: number };
+  /** Longest time `@OnClose` waits for the messages accepted before the close (ms). */
+  closeTimeout?: number;
 }
 
 interface Target {
