@@ -15,6 +15,12 @@ describe('RouteMatcher', () => {
     expect(matcher.match('/liv')).toBeUndefined();
   });
 
+  it('matches static and parameterised patterns case-sensitively', () => {
+    expect(matcher.match('/LIVE')).toBeUndefined();
+    expect(matcher.match('/ROOMS/lobby')).toBeUndefined();
+    expect(matcher.match('/rooms/Lobby')?.params).toEqual({ room: 'Lobby' });
+  });
+
   it('decodes parameters', () => {
     expect(matcher.match('/rooms/caf%C3%A9')?.params).toEqual({ room: 'café' });
     expect(matcher.match('/rooms/a/b')).toBeUndefined();

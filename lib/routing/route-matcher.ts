@@ -11,7 +11,9 @@ const DYNAMIC = /[:*{}()?+!\\]/;
 /**
  * Finds the route of an upgrade path. Static patterns are one map lookup; patterns with
  * parameters are compiled once at start-up by path-to-regexp and tried in declaration order.
- * A trailing slash is accepted either way, as Nest's HTTP router does.
+ * Both kinds match case-sensitively (`/DEMAND` is not `/demand`, as a static map lookup and
+ * Nest's WsAdapter have it), and a trailing slash is accepted either way, as Nest's HTTP
+ * router does.
  */
 export class RouteMatcher<T extends { pattern: string }> {
   private readonly statics = new Map<string, T>();
@@ -27,7 +29,10 @@ export class RouteMatcher<T extends { pattern: string }> {
     }
     this.patterns.add(route.pattern);
     if (DYNAMIC.test(route.pattern)) {
-      this.dynamics.push({ route, match: match(route.pattern, { decode: decodeURIComponent }) });
+      this.dynamics.push({
+        route,
+        match: match(route.pattern, { decode: decodeURIComponent, sensitive: true }),
+      });
     } else {
       this.statics.set(stripTrailingSlash(route.pattern), route);
     }
