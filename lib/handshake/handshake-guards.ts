@@ -5,7 +5,7 @@ import {
   type Type,
 } from '@nestjs/common';
 import { ExecutionContextHost } from '@nestjs/core/helpers/execution-context-host.js';
-import type { IncomingMessage } from 'node:http';
+import { validateHeaderName, validateHeaderValue, type IncomingMessage } from 'node:http';
 import { isObservable, lastValueFrom } from 'rxjs';
 
 /**
@@ -17,7 +17,14 @@ import { isObservable, lastValueFrom } from 'rxjs';
 export class HandshakeResponse {
   readonly headers: Record<string, string | number> = {};
 
+  /**
+   * Sets a response header. Name and value are checked as `node:http` checks them: a value
+   * with `\r\n` (a header injection) or an invalid name throws a `TypeError`, and a guard that
+   * lets it escape gets the handshake a logged 500.
+   */
   setHeader(name: string, value: string | number): this {
+    validateHeaderName(name);
+    validateHeaderValue(name, String(value));
     this.headers[name] = value;
     return this;
   }

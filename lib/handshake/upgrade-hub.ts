@@ -2,10 +2,16 @@ import { Logger } from '@nestjs/common';
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
+import { loggablePath } from '../routing/request-path.js';
 import { handshakeArrived } from './handshake-timeout.js';
 import { refuseUpgrade } from './refuse-upgrade.js';
+import { holdSocketErrors } from './socket-errors.js';
 
-/** Takes an upgrade request and returns `true`, or returns `false` to pass it on. */
+/**
+ * Takes an upgrade request and returns `true`, or returns `false` to pass it on. A handler that
+ * claims a socket hands it to `ws` (whose `handleUpgrade` callback calls
+ * `releaseSocketErrors`) or answers it; until then the hub's `'error'` listener is on it.
+ */
 export type UpgradeHandler = (request: IncomingMessage, socket: Duplex, head: Buffer) => boolean;
 
 const hubs = new WeakMap<Server, UpgradeHub>();
@@ -15,12 +21,17 @@ const hubs = new WeakMap<Server, UpgradeHub>();
  * classic `@WebSocketGateway` gateways register here, so one listener routes both and neither
  * destroys the other's sockets. A request nobody claims gets 404, unless some other library
  * also listens for upgrades on this server; then it is left to that library.
+ *
+ * From the moment of `'upgrade'` the socket has an `'error'` listener (Node removed its own
+ * before emitting the event), so a client that resets during a slow guard cannot end the
+ * process.
  */
 export class UpgradeHub {
   private static readonly logger = new Logger('WsRoutes');
   private readonly handlers: UpgradeHandler[] = [];
   private readonly listener = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {
     handshakeArrived(socket as Socket);
+    holdSocketErrors(socket);
     try {
       for (const handler of this.handlers) {
         if (handler(request, socket, head)) return;
@@ -28,7 +39,10 @@ export class UpgradeHub {
     } catch (error) {
       // An exception here would escape into the HTTP server's 'upgrade' event and end the
       // process; one bad request must only cost its own socket.
-      UpgradeHub.logger.error(`Upgrade of ${request.url} failed`, (error as Error)?.stack);
+      UpgradeHub.logger.error(
+        `Upgrade of ${loggablePath(request)} failed`,
+        error instanceof Error ? error.stack : String(error),
+      );
       refuseUpgrade(socket, 500, 'Internal server error');
       return;
     }
