@@ -1,8 +1,158 @@
+import type { Socket } from 'node:net';
 import { WebSocket } from 'ws';
+import { afterPoll, afterThisCode, PING_FRAME, writeFrames, type Batched } from './outbound.js';
+import { probeWsInternals, senderIdle } from './ws-internals.js';
+
+type WriteCallback = (error?: Error | null) => void;
+
+/** `ws`'s `setSocket`, which our servers' handshakes call once per connection. */
+interface SetSocket {
+  setSocket(socket: Socket, head: Buffer, options: object): void;
+}
+
+/** `ws`'s record of the closing handshake (private fields, read only here). */
+interface CloseState {
+  _closeFrameReceived: boolean;
+}
 
 /**
- * The `WebSocket` class our `ws` servers create (`new WebSocketServer({ WebSocket })`), so that
- * every close, send, ping and terminate, whoever calls it, goes through this connection's
- * write batch first.
+ * The `WebSocket` class of our `ws` servers (`new WebSocketServer({ WebSocket })`). It owns this
+ * connection's write batch: the frames sent to it in one event-loop turn (replies, broadcasts,
+ * heartbeat pings), written at the end of the turn in one `write`.
+ *
+ * Whoever writes through `ws` itself (`ws` answering the peer's close or closing after a
+ * protocol error, `conn.socket.close()`, `send()`, `ping()`, `pong()`) goes through the methods
+ * below, and each writes the batch first: no frame that was accepted can be overtaken or lost
+ * behind a close frame. `terminate()` drops the batch, as it drops everything else.
+ *
+ * The escape hatch `socket.send(data, { fin: false })` opens a fragmented message; batched
+ * frames wait until its last fragment has been sent, since a data frame inside a fragmented
+ * message breaks the protocol (RFC 6455 §5.4).
  */
-export class RoutesWebSocket extends WebSocket {}
+export class RoutesWebSocket extends WebSocket implements Batched {
+  /** The TCP socket, from the handshake on. */
+  raw: Socket | null = null;
+  /** Frames of this turn not written yet: one Buffer (the common case), several, or none. */
+  private pending: Buffer | Buffer[] | null = null;
+  /** Bytes in `pending`: a running count, so `bufferedAmount` stays O(1). */
+  pendingBytes = 0;
+  private scheduled = false;
+  /** A fragmented message sent through the escape hatch is open. */
+  private fragmenting = false;
+  /** Frames may go straight to the socket: no per-message deflate, and `ws` is readable. */
+  private direct = false;
+  /** Called back by the last write of every flush while set (the `@OnDrain` watch). */
+  writeWatch: WriteCallback | undefined = undefined;
+  /**
+   * Asked before `ws` answers the peer's close frame; returning `true` postpones the answer
+   * until {@link closeNow} (the connection is still handling messages the peer sent before it).
+   */
+  closeGate:
+    ((code: number | undefined, reason: Buffer | string | undefined) => boolean) | undefined =
+    undefined;
+
+  /** @internal Called by `ws`'s server once the 101 is written. */
+  setSocket(socket: Socket, head: Buffer, options: object): void {
+    (WebSocket.prototype as unknown as SetSocket).setSocket.call(this, socket, head, options);
+    this.raw = socket;
+    this.direct = probeWsInternals(this) && !this.extensions.includes('permessage-deflate');
+  }
+
+  /**
+   * Whether a pre-built frame may join the batch now. Otherwise `ws.send()` must frame it
+   * (per-message deflate compresses per socket; a busy sender must keep its order).
+   */
+  get takesFrames(): boolean {
+    return this.fragmenting || (this.direct && senderIdle(this));
+  }
+
+  /** Adds a frame to this turn's batch; `broadcast` picks the end-of-turn schedule. */
+  queueFrame(frame: Buffer, broadcast: boolean): void {
+    const parts = this.pending;
+    if (parts === null) this.pending = frame;
+    else if (Array.isArray(parts)) parts.push(frame);
+    else this.pending = [parts, frame];
+    this.pendingBytes += frame.length;
+    if (!this.scheduled) {
+      this.scheduled = true;
+      (broadcast ? afterThisCode : afterPoll).add(this);
+    }
+  }
+
+  /** The heartbeat's ping: it joins the batch when frames may, so a round costs no extra write. */
+  queuePing(): void {
+    if (this.takesFrames && !this.fragmenting) this.queueFrame(PING_FRAME, true);
+    else super.ping();
+  }
+
+  /** @internal Writes the batch now (`endOfTurn`: the schedule's call). */
+  flushBatch(endOfTurn: boolean): void {
+    if (endOfTurn) this.scheduled = false;
+    const parts = this.pending;
+    if (parts === null || this.fragmenting) return;
+    const total = this.pendingBytes;
+    this.pending = null;
+    this.pendingBytes = 0;
+    const raw = this.raw;
+    if (raw && raw.writable) writeFrames(raw, parts, total, this.writeWatch);
+  }
+
+  /** `ws.send()` after the batch: for what `ws` must frame itself. */
+  sendAfterBatch(data: Buffer | string, binary: boolean): void {
+    this.flushBatch(false);
+    super.send(data, { binary }, this.writeWatch);
+  }
+
+  override send(data: unknown, options?: unknown, callback?: unknown): void {
+    const opts = typeof options === 'function' ? undefined : (options as { fin?: boolean });
+    const wasFragmenting = this.fragmenting;
+    if (!wasFragmenting) this.flushBatch(false);
+    (super.send as (...args: unknown[]) => void)(data, options, callback);
+    if (this.readyState !== WebSocket.OPEN) return;
+    this.fragmenting = opts?.fin === false;
+    if (wasFragmenting && !this.fragmenting) this.flushBatch(false);
+  }
+
+  override ping(data?: unknown, mask?: boolean, callback?: (error: Error) => void): void {
+    this.flushBatch(false);
+    super.ping(data, mask, callback);
+  }
+
+  override pong(data?: unknown, mask?: boolean, callback?: (error: Error) => void): void {
+    this.flushBatch(false);
+    super.pong(data, mask, callback);
+  }
+
+  override close(code?: number, reason?: string | Buffer): void {
+    if (
+      this.readyState === WebSocket.OPEN &&
+      (this as unknown as CloseState)._closeFrameReceived &&
+      this.closeGate?.(code, reason)
+    ) {
+      return;
+    }
+    this.closeNow(code, reason);
+  }
+
+  /** Writes the batch, then starts (or answers) the closing handshake. */
+  closeNow(code?: number, reason?: string | Buffer): void {
+    this.closeGate = undefined;
+    if (this.fragmenting) {
+      // A close frame may come inside a fragmented message (control frames may); the batch may
+      // not, and the message will never be finished now.
+      this.fragmenting = false;
+      this.pending = null;
+      this.pendingBytes = 0;
+    } else {
+      this.flushBatch(false);
+    }
+    super.close(code, reason);
+  }
+
+  override terminate(): void {
+    this.pending = null;
+    this.pendingBytes = 0;
+    this.closeGate = undefined;
+    super.terminate();
+  }
+}

@@ -3,16 +3,8 @@ import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { WebSocket } from 'ws';
 import { CloseCode } from '../ws-routes.constants.js';
 import { encodeMessage } from './encode-message.js';
-import {
-  canWriteFrame,
-  flushFrames,
-  frameParts,
-  pendingBytes,
-  queueFrame,
-  rawSocket,
-  startBatch,
-  type OutboundPolicy,
-} from './outbound.js';
+import { frameParts, type OutboundPolicy } from './outbound.js';
+import type { RoutesWebSocket } from './routes-websocket.js';
 import { truncateCloseReason } from './truncate-utf8.js';
 
 /** Where a connection's id and room changes are recorded; implemented by `WsConnectionRegistry`. */
@@ -130,8 +122,6 @@ export class WsConnection<TData extends object = Record<string, any>> {
    */
   droppedMessages = 0;
   private drainArmed = false;
-  /** Outgoing bytes queued before this turn's first write; what backpressure judges. */
-  private backlog = 0;
   /**
    * @internal Rate-limit bucket: tokens left (`-1`: not used yet, full) and when they were
    * counted. Not `Infinity`: a non-integer field costs every connection a boxed number.
@@ -227,9 +217,16 @@ export class WsConnection<TData extends object = Record<string, any>> {
     this.data_ = value;
   }
 
-  /** The user a handshake guard authenticated (`request.user`), kept in `data.user`. */
+  /**
+   * The authenticated user, kept in `data.user`: what a handshake guard put in
+   * `request.user`, or what a guard assigns here per message (`getClient().user = …`, or
+   * `switchToHttp().getRequest().user = …` as `@nestjs/passport`'s `AuthGuard` does).
+   */
   get user(): unknown {
     return (this.data_ as { user?: unknown } | undefined)?.user;
+  }
+  set user(value: unknown) {
+    (this.data as { user?: unknown }).user = value;
   }
 
   /** The negotiated subprotocol, or `''`. */
@@ -244,8 +241,8 @@ export class WsConnection<TData extends object = Record<string, any>> {
 
   /** Bytes queued for this connection that the kernel has not accepted yet. */
   get bufferedAmount(): number {
-    const raw = rawSocket(this.socket);
-    return this.socket.bufferedAmount + (raw ? pendingBytes(raw) : 0);
+    const socket = this.socket as RoutesWebSocket;
+    return socket.bufferedAmount + socket.pendingBytes;
   }
 
   /** Rooms this connection has joined. */
@@ -287,6 +284,10 @@ export class WsConnection<TData extends object = Record<string, any>> {
    * frame (built once by a broadcast, or here for a reply) joins this turn's batch for the
    * socket, written at the end of the turn; with per-message deflate `ws.send()` frames it,
    * after the batch so far. Returns whether the message was queued.
+   *
+   * Backpressure judges everything not yet accepted by the kernel, this turn's batch included,
+   * so a synchronous loop of sends cannot take a connection past `maxBufferedAmount` by more
+   * than one message.
    */
   deliver(
     payload: string | Buffer,
@@ -294,53 +295,55 @@ export class WsConnection<TData extends object = Record<string, any>> {
     frame: Buffer | undefined,
     volatile: boolean,
   ): boolean {
-    const { socket } = this;
+    const socket = this.socket as RoutesWebSocket;
     const { outbound, events } = this.shared;
-    const raw = rawSocket(socket);
-    if (!raw) return false;
-    // Backpressure judges what is still queued from earlier turns: bytes sent in this turn
-    // wait for the end of the turn by design, and a burst is not a slow consumer.
-    if (startBatch(socket, raw, frame !== undefined)) this.backlog = socket.bufferedAmount;
-    if (this.backlog > outbound.lowWatermark) {
+    const buffered = socket.bufferedAmount + socket.pendingBytes;
+    if (buffered > outbound.lowWatermark) {
       if (volatile) {
         this.droppedMessages++;
         return false;
       }
-      if (this.backlog > outbound.maxBufferedAmount) {
+      if (buffered > outbound.maxBufferedAmount) {
         events?.onOverflow(this, outbound);
         if (outbound.slowConsumer === 'drop') this.droppedMessages++;
         else this.close(CloseCode.TryAgainLater, 'Slow consumer');
         return false;
       }
     }
-    if (canWriteFrame(socket)) {
-      if (frame) queueFrame(raw, frame);
+    if (socket.takesFrames) {
+      if (frame) socket.queueFrame(frame, true);
       else {
         const parts = frameParts(
           typeof payload === 'string' ? Buffer.from(payload) : payload,
           binary,
         );
-        for (let i = 0; i < parts.length; i++) queueFrame(raw, parts[i]);
+        for (let i = 0; i < parts.length; i++) socket.queueFrame(parts[i], false);
       }
     } else {
-      // ws must frame it (per-message deflate, or its sender is busy): what is pending goes
-      // first, so nothing overtakes it.
-      flushFrames(raw);
-      socket.send(payload, { binary });
+      socket.sendAfterBatch(payload, binary);
     }
     if (!this.drainArmed && events?.watchesDrain && this.bufferedAmount > outbound.lowWatermark)
-      this.armDrain();
+      this.armDrain(socket, outbound.lowWatermark);
     return true;
   }
 
-  private armDrain(): void {
-    const raw = rawSocket(this.socket);
-    if (!raw) return;
+  /**
+   * Watches for the buffered amount to fall to `lowWatermark` again, from our own accounting:
+   * the last write of every flush calls back while armed, and the last one finds the buffer
+   * empty. (Node's `'drain'` fires only after a write crossed the socket's high-water mark.)
+   */
+  private armDrain(socket: RoutesWebSocket, lowWatermark: number): void {
     this.drainArmed = true;
-    raw.once('drain', () => {
-      this.drainArmed = false;
-      if (this.readyState === WsConnection.OPEN) this.shared.events?.onDrain(this);
-    });
+    socket.writeWatch = () => {
+      if (this.readyState !== WsConnection.OPEN) {
+        this.drainArmed = false;
+        socket.writeWatch = undefined;
+      } else if (this.bufferedAmount <= lowWatermark) {
+        this.drainArmed = false;
+        socket.writeWatch = undefined;
+        this.shared.events?.onDrain(this);
+      }
+    };
   }
 
   /**
@@ -357,15 +360,19 @@ export class WsConnection<TData extends object = Record<string, any>> {
    */
   close(code: number = CloseCode.Normal, reason = ''): void {
     if (this.socket.readyState >= WsConnection.CLOSING) return;
-    // Messages sent before the close go out before the close frame.
-    const raw = rawSocket(this.socket);
-    if (raw) flushFrames(raw);
-    this.socket.close(code, truncateCloseReason(reason));
+    // Messages sent before the close go out before the close frame (RoutesWebSocket), and an
+    // answer to the peer's close that waits for handlers is given now, with this code.
+    (this.socket as RoutesWebSocket).closeNow(code, truncateCloseReason(reason));
   }
 
   /** Sends a ping; the answer fires `@OnPong`. */
   ping(data?: Buffer | string): void {
     if (this.socket.readyState === WsConnection.OPEN) this.socket.ping(data);
+  }
+
+  /** @internal The heartbeat's empty ping, which joins this turn's batch. */
+  heartbeatPing(): void {
+    if (this.socket.readyState === WsConnection.OPEN) (this.socket as RoutesWebSocket).queuePing();
   }
 
   /** Drops the TCP connection at once, without a closing handshake (close code 1006). */
