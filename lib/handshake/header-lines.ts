@@ -19,9 +19,15 @@ export function headerLines(
     const value = headers[name];
     try {
       validateHeaderName(name);
-      validateHeaderValue(name, String(value));
     } catch (error) {
       dropped(JSON.stringify(name), (error as Error).message);
+      continue;
+    }
+    try {
+      validateHeaderValue(name, String(value));
+    } catch (error) {
+      // The value may be a secret (a cookie): the log names the header only.
+      dropped(name, (error as Error).message);
       continue;
     }
     if (reserved.has(name.toLowerCase())) {
