@@ -1,18 +1,13 @@
 import type { Socket } from 'node:net';
 import { WebSocket } from 'ws';
 import { afterPoll, afterThisCode, PING_FRAME, writeFrames, type Batched } from './outbound.js';
-import { probeWsInternals, senderIdle } from './ws-internals.js';
+import { peerCloseReceived, probeWsInternals, senderIdle } from './ws-internals.js';
 
 type WriteCallback = (error?: Error | null) => void;
 
 /** `ws`'s `setSocket`, which our servers' handshakes call once per connection. */
 interface SetSocket {
   setSocket(socket: Socket, head: Buffer, options: object): void;
-}
-
-/** `ws`'s record of the closing handshake (private fields, read only here). */
-interface CloseState {
-  _closeFrameReceived: boolean;
 }
 
 /**
@@ -126,7 +121,7 @@ export class RoutesWebSocket extends WebSocket implements Batched {
   override close(code?: number, reason?: string | Buffer): void {
     if (
       this.readyState === WebSocket.OPEN &&
-      (this as unknown as CloseState)._closeFrameReceived &&
+      peerCloseReceived(this) &&
       this.closeGate?.(code, reason)
     ) {
       return;

@@ -2,17 +2,21 @@ import { Logger } from '@nestjs/common';
 import type { WebSocket } from 'ws';
 
 /**
- * The one private field of `ws` that the write path reads: whether its `Sender` is idle
- * (nothing waiting for compression or for a Blob to be read). While it is not, a frame written
- * straight to the TCP socket would overtake what the sender holds, so messages go through
- * `ws.send()` instead. Everything else the write path needs comes from public API or from the
- * hooks of our `WebSocket` subclass.
+ * The private fields of `ws` that the write path reads, all of them here:
+ * - whether its `Sender` is idle (nothing waiting for compression or for a Blob to be read).
+ *   While it is not, a frame written straight to the TCP socket would overtake what the sender
+ *   holds, so messages go through `ws.send()` instead;
+ * - whether the peer's close frame has arrived, to tell `ws`'s answer to it from other closes.
+ * Everything else comes from public API (`extensions`, `bufferedAmount`, error codes) or from
+ * the hooks of our `WebSocket` subclass (`setSocket`, `close`, `send`, `ping`, `pong`).
  *
- * The field is probed on the first connection; if a future `ws` changes it, every message goes
- * through `ws.send()` (correct, without batching) and a warning says so once.
+ * They are probed on the first connection; if a future `ws` changes them, every message goes
+ * through `ws.send()` (correct, without batching), the peer's close is answered at once, and a
+ * warning says so once.
  */
-interface SenderInternals {
+interface Internals {
   _sender?: { _state?: unknown } | null;
+  _closeFrameReceived?: unknown;
 }
 
 const SENDER_IDLE = 0;
@@ -22,12 +26,15 @@ let probed: boolean | undefined;
 /** Checks once that `ws`'s sender state can be read; `false` means: never batch. */
 export function probeWsInternals(ws: WebSocket): boolean {
   if (probed !== undefined) return probed;
-  const sender = (ws as unknown as SenderInternals)._sender;
-  probed = typeof sender?._state === 'number';
+  const internals = ws as unknown as Internals;
+  probed =
+    typeof internals._sender?._state === 'number' &&
+    typeof internals._closeFrameReceived === 'boolean';
   if (!probed) {
     new Logger('WsRoutes').warn(
-      'This version of ws does not expose the sender state the write path reads; ' +
-        'messages are sent one by one through ws.send() (correct, but without write batching)',
+      'This version of ws does not expose the sender and close state the write path reads; ' +
+        'messages are sent one by one through ws.send() (correct, but without write batching), ' +
+        "and a peer's close is answered without waiting for the replies still being made",
     );
   }
   return probed;
@@ -36,4 +43,9 @@ export function probeWsInternals(ws: WebSocket): boolean {
 /** Whether `ws`'s sender has nothing waiting, so a pre-built frame may go to the socket. */
 export function senderIdle(ws: WebSocket): boolean {
   return (ws as unknown as { _sender: { _state: number } })._sender._state === SENDER_IDLE;
+}
+
+/** Whether the peer's close frame has arrived (false where the probe failed). */
+export function peerCloseReceived(ws: WebSocket): boolean {
+  return probed === true && (ws as unknown as { _closeFrameReceived: boolean })._closeFrameReceived;
 }

@@ -207,11 +207,17 @@ export class RouteDispatcher implements OutboundEvents, ExecutorRoute {
   }
 }
 
-/** The close code `ws` attached to a protocol error (its `kStatusCode` symbol). */
+/**
+ * The close code `ws` sent for a protocol error, from the error's public `code` (RFC 6455
+ * §7.4.1): invalid UTF-8 (and a corrupt deflate stream) 1007, a message over `maxPayload` 1009,
+ * too many fragments 1008, any other violation 1002.
+ */
 function closeCodeOf(error: Error): number | undefined {
-  const key = Object.getOwnPropertySymbols(error).find(
-    (symbol) => symbol.description === 'status-code',
-  );
-  const code = key && (error as unknown as Record<symbol, unknown>)[key];
-  return typeof code === 'number' ? code : undefined;
+  const code = (error as Error & { code?: unknown }).code;
+  if (typeof code !== 'string') return undefined;
+  if (code === 'WS_ERR_INVALID_UTF8' || code.startsWith('Z_')) return CloseCode.InvalidPayload;
+  if (code.startsWith('WS_ERR_UNSUPPORTED_')) return CloseCode.MessageTooBig;
+  if (code === 'WS_ERR_TOO_MANY_BUFFERED_PARTS') return CloseCode.PolicyViolation;
+  if (code.startsWith('WS_ERR_')) return CloseCode.ProtocolError;
+  return undefined;
 }
