@@ -166,7 +166,7 @@ describe('the per-message enhancer pipeline', () => {
     expect(await allowed.next()).toBe('passed');
     expect(await refused.nextJson()).toMatchObject({
       event: 'exception',
-      data: { statusCode: 403, message: 'Forbidden resource' },
+      data: { status: 'error', message: 'Forbidden resource' },
     });
     await Promise.all([allowed.close(), refused.close()]);
   });
@@ -174,7 +174,7 @@ describe('the per-message enhancer pipeline', () => {
   it('takes an Observable guard answer and stops at the first guard that refuses', async () => {
     const client = await TestClient.open(t.url('/pipeline'));
     client.emit('observable-guard', { ok: false });
-    expect((await client.nextJson()).data.statusCode).toBe(403);
+    expect((await client.nextJson()).data.message).toBe('Forbidden resource');
     expect(calls).toEqual(['observable-guard']);
     client.emit('observable-guard', { ok: true });
     expect(await client.next()).toBe('passed');

@@ -147,7 +147,6 @@ describe('Nest enhancers around handlers', () => {
       event: 'exception',
       data: {
         status: 'error',
-        statusCode: 403,
         message: 'Forbidden resource',
         cause: { pattern: 'admin' },
       },
