@@ -1,5 +1,6 @@
 import {
   Injectable,
+  Logger,
   type ArgumentMetadata,
   type CanActivate,
   type ExceptionFilter,
@@ -7,7 +8,11 @@ import {
   type PipeTransform,
 } from '@nestjs/common';
 import { ExternalContextCreator } from '@nestjs/core';
-import { GUARDS_METADATA } from '@nestjs/common/constants.js';
+import {
+  GUARDS_METADATA,
+  INTERCEPTORS_METADATA,
+  PIPES_METADATA,
+} from '@nestjs/common/constants.js';
 import { STATIC_CONTEXT } from '@nestjs/core/injector/constants.js';
 import { PARAM_ARGS_METADATA } from '@nestjs/websockets/constants.js';
 import { WsParamtype } from '@nestjs/websockets/enums/ws-paramtype.enum.js';
@@ -15,19 +20,36 @@ import { WsRouteParamtype } from '../decorators/ws-params.decorators.js';
 import type { WsHandlerKind } from '../decorators/ws-lifecycle.decorators.js';
 import type { WsConnection } from '../connection/ws-connection.js';
 import type { WsRouteDefinition } from '../routing/ws-route-explorer.js';
-import { createPipelineInvoker, type PipelineParam } from './enhancer-pipeline.js';
+import {
+  createHandshakeGuards,
+  createPipelineInvoker,
+  type PipelineParam,
+} from './enhancer-pipeline.js';
+
+/**
+ * Told by an invoker, synchronously, what the handler method itself returned (a value, a
+ * Promise or an Observable), before any interceptor sees it. Not told when a guard denies, an
+ * interceptor answers without calling the handler, or the handler throws. The connection's
+ * executor uses it to keep replies in order behind interceptors without waiting on a quiet
+ * Observable.
+ */
+export interface HandlerProgress {
+  handlerReturned(result: unknown): void;
+}
 
 /**
  * A handler wrapped in Nest's guards, interceptors and pipes. Arguments are what
  * `ExecutionContext.switchToWs()` shows: the connection (`getClient()`), the payload
- * (`getData()`) and the event name or `undefined` (`getPattern()`). Returns the handler's
- * result: a value, a Promise or an Observable; a handler without enhancers is called directly,
- * so a synchronous one returns synchronously.
+ * (`getData()`) and the event name or `undefined` (`getPattern()`); `progress` is told the
+ * handler's own result (see {@link HandlerProgress}). Returns the handler's result, or the
+ * interceptors' Observable: a value, a Promise or an Observable; a handler without enhancers is
+ * called directly, so a synchronous one returns synchronously.
  */
 export type WsInvoker = (
   conn: WsConnection,
   payload: unknown,
   pattern: string | undefined,
+  progress?: HandlerProgress,
 ) => unknown;
 
 /** An exception filter as Nest resolves it: the exception classes it catches and its `catch`. */
@@ -134,24 +156,43 @@ function tokenOf(type: number | string): ArgumentMetadata['type'] {
   }
 }
 
-/** A handler with no enhancers: called directly with its arguments read from the connection. */
+/**
+ * A handler with no enhancers: called directly with its arguments read from the connection.
+ * `progress` is passed through, not wrapped: this path allocates nothing per message.
+ */
 function directInvoker(
   instance: object,
   callback: Function,
   params: PipelineParam[],
   argsLength: number,
 ): WsInvoker {
-  if (params.length === 0) return (conn, payload) => callback.call(instance, conn, payload);
-  return (conn, payload, pattern) => {
+  if (params.length === 0) {
+    return (conn, payload, _pattern, progress) => {
+      const result: unknown = callback.call(instance, conn, payload);
+      progress?.handlerReturned(result);
+      return result;
+    };
+  }
+  return (conn, payload, pattern, progress) => {
     const args: unknown[] = new Array(argsLength);
     for (const param of params) args[param.index] = param.extract(conn, payload, pattern);
-    return callback.apply(instance, args);
+    const result: unknown = callback.apply(instance, args);
+    progress?.handlerReturned(result);
+    return result;
   };
 }
 
-/** The enhancer lists Nest resolves for a handler (class, method and global ones). */
+/** The part of Nest's `GuardsContextCreator` & co. that resolves enhancers (Nest 11 and 12). */
 interface EnhancerSource {
-  create(instance: object, callback: Function, moduleKey: string, contextId: unknown): unknown[];
+  create(
+    instance: object,
+    callback: Function,
+    moduleKey: string,
+    contextId: unknown,
+    inquirerId?: string,
+  ): unknown[];
+  getGlobalMetadata?(contextId: unknown, inquirerId?: string): unknown[] | undefined;
+  config?: Record<string, (() => unknown[]) | undefined>;
 }
 
 interface FilterSource {
@@ -160,107 +201,245 @@ interface FilterSource {
     callback: Function,
     moduleKey: string,
     contextId: unknown,
+    inquirerId?: string,
   ): { filters?: WsFilterBinding[] };
 }
 
+/** A provider as the container holds it; only what finding a route's host needs. */
+interface ProviderWrapper {
+  id: string;
+  name?: string;
+  instance: unknown;
+  isAlias?: boolean;
+  isNotMetatype?: boolean;
+  getInstanceByContextId?(
+    contextId: unknown,
+    inquirerId?: string,
+  ): { instance: unknown; isConstructorCalled?: boolean } | undefined;
+}
+
+/** The members of `ExternalContextCreator` this factory reads (public in JS, private in TS). */
+interface NestInternals {
+  guardsContextCreator?: EnhancerSource;
+  interceptorsContextCreator?: EnhancerSource;
+  pipesContextCreator?: EnhancerSource;
+  filtersContextCreator?: FilterSource;
+  modulesContainer?: Map<string, { providers: Map<unknown, ProviderWrapper> }>;
+  contextUtils?: { reflectCallbackMetadata?(instance: object, name: string, key: string): unknown };
+  getHostModuleKey?(instance: object, classRef: Function, inquirerId?: string): string;
+  exchangeKeysForValues(...args: unknown[]): ResolvedParam[];
+}
+
+/** Where Nest resolves a route's enhancers: the module that holds its provider, and that provider. */
+interface RouteHost {
+  moduleKey: string;
+  /** The route's provider: transient enhancers exist once per host, under this id. */
+  inquirerId: string | undefined;
+}
+
+type EnhancerKind = 'guard' | 'interceptor' | 'pipe';
+
+/** One enhancer the metadata names, and where it was named (for the start-up error). */
+interface NamedEnhancer {
+  entry: unknown;
+  where: string;
+  /** For a request-scoped or transient global enhancer: its instance for this host. */
+  scoped?: { instance: unknown; isConstructorCalled?: boolean };
+}
+
+/** The enhancers of one handler, as resolved (by us, or by `ExternalContextCreator.create()`). */
+interface Recording {
+  guards?: unknown[];
+  interceptors?: unknown[];
+  pipes?: unknown[];
+  params?: ResolvedParam[];
+}
+
+const METADATA_KEYS: Record<EnhancerKind, string> = {
+  guard: GUARDS_METADATA,
+  interceptor: INTERCEPTORS_METADATA,
+  pipe: PIPES_METADATA,
+};
+
+const GLOBAL_REQUEST_GETTERS: Record<EnhancerKind, string> = {
+  guard: 'getGlobalRequestGuards',
+  interceptor: 'getGlobalRequestInterceptors',
+  pipe: 'getGlobalRequestPipes',
+};
+
 /**
  * Wraps route methods in Nest's execution context, the way `@nestjs/websockets` wraps gateway
- * handlers, with `ExternalContextCreator` from `@nestjs/core`: guards, interceptors and pipes
- * (class, method and global), `getType() === 'ws'`, and `@ConnectedSocket()`,
- * `@MessageBody()`, `@WsParam()` and friends. All of it happens once per handler at start-up.
+ * handlers: guards, interceptors and pipes (global, class and method), `getType() === 'ws'`, and
+ * `@ConnectedSocket()`, `@MessageBody()`, `@WsParam()` and friends. All of it happens once per
+ * handler at start-up.
+ *
+ * Class guards belong to the upgrade: they authenticate the connection once, with the request,
+ * and never run per message (running them per message would hand guards written for the
+ * request a connection, and verify a token per message). Messages run the global and the
+ * method guards.
+ *
+ * Enhancers are resolved the way `ExternalContextCreator.create()` resolves them (the module
+ * that holds the route's provider, with that provider as the inquirer), and then checked: every
+ * guard, interceptor and pipe the metadata names must be in the resolved chain, since Nest drops
+ * an enhancer it cannot resolve without a word. A handler whose chain misses one falls back to
+ * what `ExternalContextCreator.create()` itself resolves, and the application does not start if
+ * that misses one too: a handler never runs without a guard its metadata names.
  */
 @Injectable()
 export class WsHandlerFactory {
+  private readonly logger = new Logger('WsRoutes');
+  private readonly internals: NestInternals;
+  /** Global and method guards: the class's are left to the upgrade, the metadata untouched. */
+  private readonly messageGuards: EnhancerSource | undefined;
+  /** `ExternalContextCreator` with the message guards and results handed through. */
   private readonly contextCreator: ExternalContextCreator;
+  /** The same with the global and class guards: the upgrade's. */
+  private readonly handshakeContextCreator: ExternalContextCreator;
+  /** What the enhancer sources resolve while `resolveLikeNest()` watches them. */
+  private recording: Recording | undefined;
 
   constructor(externalContextCreator: ExternalContextCreator) {
+    const internals = externalContextCreator as unknown as NestInternals;
+    this.internals = internals;
+    const { guardsContextCreator, interceptorsContextCreator, pipesContextCreator } = internals;
+    this.messageGuards =
+      guardsContextCreator &&
+      (Object.create(guardsContextCreator, {
+        reflectClassMetadata: { value: () => undefined },
+      }) as EnhancerSource);
+    const prototype = Object.getPrototypeOf(externalContextCreator) as NestInternals;
+    const record = <K extends keyof Recording>(kind: K, list: Recording[K]) => {
+      if (this.recording) this.recording[kind] = list;
+    };
+    // Each source tells `record` what it resolved: see `resolveLikeNest()`.
+    const recorded = (source: EnhancerSource | undefined, kind: EnhancerListKind) =>
+      source &&
+      (Object.create(source, {
+        create: {
+          value(this: EnhancerSource, ...args: Parameters<EnhancerSource['create']>) {
+            const list = source.create.apply(this, args);
+            record(kind, list);
+            return list;
+          },
+        },
+      }) as EnhancerSource);
     // ExternalContextCreator turns an Observable result into its last value; a route's
     // Observable is a stream of replies, so this instance hands results through untouched.
     this.contextCreator = Object.create(externalContextCreator, {
       transformToResult: { value: async (result: unknown) => result },
-    });
+      guardsContextCreator: { value: recorded(this.messageGuards, 'guards') },
+      interceptorsContextCreator: { value: recorded(interceptorsContextCreator, 'interceptors') },
+      pipesContextCreator: { value: recorded(pipesContextCreator, 'pipes') },
+      exchangeKeysForValues: {
+        value(this: NestInternals, ...args: unknown[]) {
+          const params = prototype.exchangeKeysForValues.apply(this, args);
+          record('params', params);
+          return params;
+        },
+      },
+    }) as ExternalContextCreator;
+    this.handshakeContextCreator = Object.create(this.contextCreator, {
+      guardsContextCreator: { value: recorded(guardsContextCreator, 'guards') },
+    }) as ExternalContextCreator;
   }
 
   createRouteHandlers(route: WsRouteDefinition): RouteHandlers {
-    // The class's guards belong to the handshake. Nest reads class guards from the class
-    // itself, so they are taken off it while the handlers are bound (the bound handlers keep
-    // what they saw) and put back after, for the next application built from this class.
     const { routeClass } = route;
-    const classGuards: unknown[] | undefined = Reflect.getMetadata(GUARDS_METADATA, routeClass);
-    if (classGuards?.length) Reflect.deleteMetadata(GUARDS_METADATA, routeClass);
-    try {
-      const handlers: RouteHandlers = {
-        events: new Map(),
-        handshake: this.createHandshakeGuards(route, classGuards ?? []),
-      };
-      const taken = new Map<string, string>();
-      for (const definition of route.handlers) {
-        const slot =
-          definition.event === undefined ? definition.kind : `message:${definition.event}`;
-        const previous = taken.get(slot);
-        if (previous) {
-          throw new Error(
-            `${routeClass.name}: ${previous}() and ${definition.methodName}() both handle ${describe(definition.kind, definition.event)}`,
-          );
-        }
-        taken.set(slot, definition.methodName);
-        const bound = this.bind(route, definition.methodName);
-        if (definition.event !== undefined) handlers.events.set(definition.event, bound);
-        else handlers[definition.kind as Exclude<WsHandlerKind, never>] = bound;
+    const host = this.hostOf(route);
+    const handlers: RouteHandlers = {
+      events: new Map(),
+      handshake: this.createHandshakeGuards(route, host),
+    };
+    const taken = new Map<string, string>();
+    for (const definition of route.handlers) {
+      const slot = definition.event === undefined ? definition.kind : `message:${definition.event}`;
+      const previous = taken.get(slot);
+      if (previous) {
+        throw new Error(
+          `${routeClass.name}: ${previous}() and ${definition.methodName}() both handle ${describe(definition.kind, definition.event)}`,
+        );
       }
-      return handlers;
-    } finally {
-      if (classGuards?.length) Reflect.defineMetadata(GUARDS_METADATA, classGuards, routeClass);
+      taken.set(slot, definition.methodName);
+      const bound = this.bind(route, host, definition.methodName);
+      if (definition.event !== undefined) handlers.events.set(definition.event, bound);
+      else handlers[definition.kind as Exclude<WsHandlerKind, never>] = bound;
     }
+    return handlers;
   }
 
   /**
-   * The route class's `@UseGuards()` and the global guards, to run at the upgrade with the
-   * request and a `HandshakeResponse` as arguments. Rejects with `ForbiddenException` when a
-   * guard says no, or with whatever a guard threw.
-   *
-   * Class guards authenticate the connection once, at the upgrade; running them again before
-   * every handler would call guards written for the request with a connection, and verify a
-   * token per message. So they are given to the handshake as if they were its own.
+   * The module that holds the route's provider and that provider's id, found as
+   * `ExternalContextCreator.create()` finds them: a provider Nest created from its class wins
+   * over a factory or value provider that returns the same instance.
    */
-  private createHandshakeGuards(
-    route: WsRouteDefinition,
-    classGuards: unknown[],
-  ): HandshakeInvoker {
+  private hostOf(route: WsRouteDefinition): RouteHost {
+    const { instance, routeClass } = route;
+    let found: { moduleKey: string; id: string } | undefined;
+    search: for (const [moduleKey, moduleRef] of this.internals.modulesContainer ?? []) {
+      for (const wrapper of moduleRef.providers.values()) {
+        if (wrapper.isAlias || wrapper.instance !== instance) continue;
+        found ??= { moduleKey, id: wrapper.id };
+        if (!wrapper.isNotMetatype) {
+          found = { moduleKey, id: wrapper.id };
+          break search;
+        }
+      }
+    }
+    const inquirerId = found?.id;
+    const moduleKey =
+      this.internals.getHostModuleKey?.call(this.internals, instance, routeClass, inquirerId) ||
+      found?.moduleKey ||
+      this.contextCreator.getContextModuleKey(routeClass);
+    return { moduleKey, inquirerId };
+  }
+
+  /**
+   * The global guards and the route class's `@UseGuards()` (its own and those it inherits), to
+   * run at the upgrade with the request and a `HandshakeResponse` as arguments. Rejects with
+   * `ForbiddenException` when a guard says no, or with whatever a guard threw.
+   */
+  private createHandshakeGuards(route: WsRouteDefinition, host: RouteHost): HandshakeInvoker {
+    const { instance, routeClass } = route;
     const handshake = function handshake(): boolean {
       return true;
     };
-    if (classGuards.length) Reflect.defineMetadata(GUARDS_METADATA, classGuards, handshake);
-    return this.contextCreator.create(
-      route.instance,
+    const source = this.sources().guards;
+    const named = [
+      ...this.globalEnhancers('guard', host),
+      ...this.classEnhancers('guard', routeClass),
+    ];
+    let guards = source.create(
+      instance,
       handshake,
-      HANDSHAKE_METHOD,
-      PARAM_ARGS_METADATA,
-      undefined,
+      host.moduleKey,
       STATIC_CONTEXT,
-      undefined,
-      { guards: true, interceptors: false, filters: false },
-      'ws',
-    ) as HandshakeInvoker;
+      host.inquirerId,
+    );
+    let missing = findMissing(named, guards);
+    if (missing) {
+      this.warnFallback(routeClass, 'the upgrade', missing);
+      guards =
+        this.resolveLikeNest(
+          this.handshakeContextCreator,
+          instance,
+          handshake,
+          HANDSHAKE_METHOD,
+          undefined,
+        ).guards ?? [];
+      missing = findMissing(named, guards);
+      if (missing) throw unresolved(routeClass, 'the upgrade', missing);
+    }
+    return createHandshakeGuards(guards as CanActivate[], routeClass, handshake);
   }
 
-  private bind(route: WsRouteDefinition, methodName: string): BoundHandler {
+  private bind(route: WsRouteDefinition, host: RouteHost, methodName: string): BoundHandler {
     const instance = route.instance as Record<string, Function>;
     const callback = instance[methodName] as (...args: unknown[]) => unknown;
-    const invoke =
-      this.compile(route, methodName, callback) ??
-      (this.contextCreator.create(
-        instance,
-        callback,
-        methodName,
-        PARAM_ARGS_METADATA,
-        paramsFactory,
-        STATIC_CONTEXT,
-        undefined,
-        { guards: true, interceptors: true, filters: false },
-        'ws',
-      ) as unknown as WsInvoker);
-    return { methodName, invoke, filters: this.filtersOf(route, callback) };
+    return {
+      methodName,
+      invoke: this.compile(route, host, methodName, callback),
+      filters: this.filtersOf(route, host, callback),
+    };
   }
 
   /**
@@ -271,27 +450,14 @@ export class WsHandlerFactory {
    *   connection: one function call, and a synchronous handler answers without a Promise;
    * - otherwise {@link createPipelineInvoker}: Nest's semantics, asynchronous only where an
    *   enhancer is.
-   *
-   * `undefined` if this version of Nest does not expose the enhancer lists the way 11 and 12
-   * do; `ExternalContextCreator` then wraps the handler (slower, same behaviour).
    */
   private compile(
     route: WsRouteDefinition,
+    host: RouteHost,
     methodName: string,
     callback: Function,
-  ): WsInvoker | undefined {
-    const creator = this.contextCreator as unknown as Record<string, EnhancerSource | undefined>;
-    const { guardsContextCreator, interceptorsContextCreator, pipesContextCreator } = creator;
-    if (!guardsContextCreator || !interceptorsContextCreator || !pipesContextCreator)
-      return undefined;
+  ): WsInvoker {
     const { instance, routeClass } = route;
-    const moduleKey = this.contextCreator.getContextModuleKey(routeClass);
-    const resolve = <T>(source: EnhancerSource) =>
-      source.create(instance, callback, moduleKey, STATIC_CONTEXT) as T[];
-    const guards = resolve<CanActivate>(guardsContextCreator);
-    const interceptors = resolve<NestInterceptor>(interceptorsContextCreator);
-    const pipes = resolve<PipeTransform>(pipesContextCreator);
-
     const { argsLength, paramtypes, getParamsMetadata } = this.contextCreator.getMetadata(
       instance as Record<string, Function>,
       methodName,
@@ -299,8 +465,37 @@ export class WsHandlerFactory {
       paramsFactory,
       'ws',
     );
-    const resolved = (getParamsMetadata(moduleKey, STATIC_CONTEXT) ?? []) as ResolvedParam[];
-    const params: PipelineParam[] = resolved.map((param) => ({
+    const sources = this.sources();
+    const resolve = (source: EnhancerSource) =>
+      source.create(instance, callback, host.moduleKey, STATIC_CONTEXT, host.inquirerId);
+    let resolved: Recording = {
+      guards: resolve(sources.messageGuards),
+      interceptors: resolve(sources.interceptors),
+      pipes: resolve(sources.pipes),
+      params: (getParamsMetadata(host.moduleKey, STATIC_CONTEXT, host.inquirerId) ??
+        []) as ResolvedParam[],
+    };
+    const where = `${methodName}()`;
+    let missing = this.findMissingInHandler(route, host, methodName, callback, resolved);
+    if (missing) {
+      this.warnFallback(routeClass, where, missing);
+      resolved = this.resolveLikeNest(
+        this.contextCreator,
+        instance,
+        callback,
+        methodName,
+        paramsFactory,
+      );
+      missing = this.findMissingInHandler(route, host, methodName, callback, resolved);
+      if (missing) throw unresolved(routeClass, where, missing);
+    }
+    // Verified: a list that is not there had nothing to hold.
+    const guards = (resolved.guards ?? []) as CanActivate[];
+    const interceptors = (resolved.interceptors ?? []) as NestInterceptor[];
+    const pipes = (resolved.pipes ?? []) as PipeTransform[];
+    const resolvedParams = resolved.params ?? [];
+
+    const params: PipelineParam[] = resolvedParams.map((param) => ({
       index: param.index,
       extract: extractorOf(param),
       metadata: {
@@ -313,11 +508,133 @@ export class WsHandlerFactory {
 
     const plain =
       params.every((param) => param.pipes.length === 0) &&
-      resolved.every((param) => typeof param.type === 'number');
+      resolvedParams.every((param) => typeof param.type === 'number');
     if (!guards.length && !interceptors.length && plain) {
       return directInvoker(instance, callback, params, argsLength);
     }
     return createPipelineInvoker({ instance, callback, guards, interceptors, params, argsLength });
+  }
+
+  /** The first enhancer a handler's metadata names that `resolved` lacks, described. */
+  private findMissingInHandler(
+    route: WsRouteDefinition,
+    host: RouteHost,
+    methodName: string,
+    callback: Function,
+    resolved: Recording,
+  ): string | undefined {
+    const { routeClass, instance } = route;
+    const named = (kind: EnhancerKind, withClass: boolean) => [
+      ...this.globalEnhancers(kind, host),
+      ...(withClass ? this.classEnhancers(kind, routeClass) : []),
+      ...listOf(Reflect.getMetadata(METADATA_KEYS[kind], callback)).map((entry) => ({
+        entry,
+        where: `the method's @Use${USE_DECORATOR[kind]}()`,
+      })),
+    ];
+    const missing =
+      findMissing(named('guard', false), resolved.guards) ??
+      findMissing(named('interceptor', true), resolved.interceptors) ??
+      findMissing(named('pipe', true), resolved.pipes);
+    if (missing) return missing;
+    if (!resolved.params) return 'its parameters (they were not resolved)';
+    const metadata = (this.internals.contextUtils?.reflectCallbackMetadata?.(
+      instance,
+      methodName,
+      PARAM_ARGS_METADATA,
+    ) ?? Reflect.getMetadata(PARAM_ARGS_METADATA, routeClass, methodName)) as
+      Record<string, { index: number; pipes?: unknown[] }> | undefined;
+    for (const { index, pipes } of Object.values(metadata ?? {})) {
+      const param = resolved.params.find((candidate) => candidate.index === index);
+      const missingPipe = findMissing(
+        listOf(pipes).map((entry) => ({ entry, where: `parameter ${index}` })),
+        param?.pipes,
+      );
+      if (missingPipe) return missingPipe;
+      if (!param) return `parameter ${index} (its decorator was not resolved)`;
+    }
+    return undefined;
+  }
+
+  /**
+   * What `ExternalContextCreator.create()` itself resolves for a handler: it is asked to build
+   * its wrapper, and its enhancer sources tell `recording` what it resolved. Only the lists are
+   * kept: the pipeline runs them with the same semantics (and a denial that is a `WsException`).
+   */
+  private resolveLikeNest(
+    contextCreator: ExternalContextCreator,
+    instance: object,
+    callback: Function,
+    methodName: string,
+    factory: typeof paramsFactory | undefined,
+  ): Recording {
+    this.recording = {};
+    try {
+      contextCreator.create(
+        instance,
+        callback as never,
+        methodName,
+        PARAM_ARGS_METADATA,
+        factory,
+        STATIC_CONTEXT,
+        undefined,
+        { guards: true, interceptors: true, filters: false },
+        'ws',
+      );
+      return this.recording;
+    } finally {
+      this.recording = undefined;
+    }
+  }
+
+  /** The global enhancers of one kind: the application's instances and its scoped providers. */
+  private globalEnhancers(kind: EnhancerKind, host: RouteHost): NamedEnhancer[] {
+    const source = this.sources()[KIND_SOURCES[kind]];
+    const instances = listOf(source.getGlobalMetadata?.(STATIC_CONTEXT));
+    const scoped = listOf(
+      source.config?.[GLOBAL_REQUEST_GETTERS[kind]]?.call(source.config),
+    ) as ProviderWrapper[];
+    return [
+      ...instances.map((entry) => ({ entry, where: `the global ${kind}s` })),
+      ...scoped.map((wrapper) => ({
+        entry: wrapper,
+        where: `the global ${kind}s (${wrapper.name ?? 'a scoped provider'})`,
+        scoped: wrapper.getInstanceByContextId?.(STATIC_CONTEXT, host.inquirerId) ?? {
+          instance: undefined,
+        },
+      })),
+    ];
+  }
+
+  /** The route class's enhancers of one kind, its own or inherited from a base class. */
+  private classEnhancers(kind: EnhancerKind, routeClass: Function): NamedEnhancer[] {
+    return listOf(Reflect.getMetadata(METADATA_KEYS[kind], routeClass)).map((entry) => ({
+      entry,
+      where: `the class's @Use${USE_DECORATOR[kind]}()`,
+    }));
+  }
+
+  private warnFallback(routeClass: Function, where: string, missing: string): void {
+    this.logger.warn(
+      `${routeClass.name}, ${where}: ${missing} did not resolve in the route's module; trying ExternalContextCreator's own resolution`,
+    );
+  }
+
+  /** The enhancer sources; the application does not start without them. */
+  private sources(): Record<'guards' | 'messageGuards' | 'interceptors' | 'pipes', EnhancerSource> {
+    const { guardsContextCreator, interceptorsContextCreator, pipesContextCreator } =
+      this.internals;
+    if (!guardsContextCreator || !interceptorsContextCreator || !pipesContextCreator) {
+      throw new Error(
+        'nestjs-ws-routes: this version of @nestjs/core does not expose its guard, interceptor and pipe resolution on ExternalContextCreator, so route handlers cannot be checked for missing enhancers',
+      );
+    }
+    return {
+      guards: guardsContextCreator,
+      messageGuards: this.messageGuards!,
+      interceptors: interceptorsContextCreator,
+      pipes: pipesContextCreator,
+    };
   }
 
   /**
@@ -325,17 +642,84 @@ export class WsHandlerFactory {
    * external handler treats a filter that returns nothing as "not handled" and rethrows, while
    * a WebSocket filter answers by sending and returns nothing.
    */
-  private filtersOf(route: WsRouteDefinition, callback: Function): WsFilterBinding[] {
-    const source = (this.contextCreator as unknown as { filtersContextCreator?: FilterSource })
-      .filtersContextCreator;
+  private filtersOf(
+    route: WsRouteDefinition,
+    host: RouteHost,
+    callback: Function,
+  ): WsFilterBinding[] {
+    const source = this.internals.filtersContextCreator;
     if (!source) return [];
-    const moduleKey = this.contextCreator.getContextModuleKey(route.routeClass);
-    return source.create(route.instance, callback, moduleKey, STATIC_CONTEXT).filters ?? [];
+    return (
+      source.create(route.instance, callback, host.moduleKey, STATIC_CONTEXT, host.inquirerId)
+        .filters ?? []
+    );
   }
 }
 
+/** Which list of `Recording` each kind of enhancer goes to. */
+type EnhancerListKind = 'guards' | 'interceptors' | 'pipes';
+
+const KIND_SOURCES: Record<EnhancerKind, 'guards' | 'interceptors' | 'pipes'> = {
+  guard: 'guards',
+  interceptor: 'interceptors',
+  pipe: 'pipes',
+};
+
+const USE_DECORATOR: Record<EnhancerKind, string> = {
+  guard: 'Guards',
+  interceptor: 'Interceptors',
+  pipe: 'Pipes',
+};
+
+/**
+ * The first enhancer of `named` that `resolved` lacks, described; `undefined` if every one is
+ * there. Nest resolves in the metadata's order and only ever drops entries, so the two lists
+ * are walked side by side: a class entry is matched by its instance (or the class itself, for
+ * a static method), an instance by itself, a scoped global by its constructed instance.
+ */
+function findMissing(named: NamedEnhancer[], resolved: unknown[] | undefined): string | undefined {
+  const list = resolved ?? [];
+  let next = 0;
+  for (const enhancer of named) {
+    if (next < list.length && matches(enhancer, list[next])) {
+      next++;
+      continue;
+    }
+    return `${describeEnhancer(enhancer.entry)} (${enhancer.where})`;
+  }
+  if (named.length !== list.length) {
+    return `${named.length - list.length} of ${named.length} enhancers`;
+  }
+  return undefined;
+}
+
+function matches({ entry, scoped }: NamedEnhancer, candidate: unknown): boolean {
+  if (scoped) return scoped.isConstructorCalled === true && candidate === scoped.instance;
+  if (candidate === entry) return true;
+  return typeof entry === 'function' && candidate instanceof entry;
+}
+
+function describeEnhancer(entry: unknown): string {
+  if (typeof entry === 'function') return entry.name || 'an anonymous class';
+  const wrapper = entry as ProviderWrapper | undefined;
+  if (wrapper && typeof wrapper.getInstanceByContextId === 'function')
+    return wrapper.name ?? 'a provider';
+  const name = (entry as { constructor?: Function } | undefined)?.constructor?.name;
+  return name ? `an instance of ${name}` : String(entry);
+}
+
+function unresolved(routeClass: Function, where: string, missing: string): Error {
+  return new Error(
+    `${routeClass.name}, ${where}: ${missing} cannot be resolved, by this package or by Nest's ExternalContextCreator; the route is not started without it (is the enhancer added to the metadata after the application was scanned, or request-scoped?)`,
+  );
+}
+
+function listOf(value: unknown): unknown[] {
+  return Array.isArray(value) ? value : [];
+}
+
 /** Name under which the handshake's guard context is cached; no method of the route runs yet. */
-const HANDSHAKE_METHOD = 'handshake';
+const HANDSHAKE_METHOD = '__wsRoutesHandshake__';
 
 function describe(kind: WsHandlerKind, event: string | undefined): string {
   if (event !== undefined) return `@OnMessage('${event}')`;
