@@ -64,6 +64,27 @@ function logsSince(from: number, app: ChildApp = child): string {
   return app.logs.slice(from).join('\n');
 }
 
+describe('the harness', () => {
+  test.each([
+    ['an uncaught exception', 'throw'],
+    ['an unhandled rejection', 'reject'],
+  ])('%s in the child fails the case with its stderr', async (_what, command) => {
+    const doomed = await startChildApp(FIXTURE);
+    try {
+      const outcome = doomed.whileAlive(async () => {
+        await doomed.request(command, `planted ${command}`);
+        await doomed.exited; // bounded by the case's timeout
+      });
+      await expect(outcome).rejects.toThrow(/died \(exit code 1\)[^]*planted/);
+      expect((await doomed.exited).code).toBe(1);
+      expect(doomed.alive()).toBe(false);
+      expect(() => doomed.assertAlive()).toThrow(`planted ${command}`);
+    } finally {
+      await doomed.stop();
+    }
+  });
+});
+
 describe('a TCP reset while an async handshake guard runs', () => {
   test.each([
     ['a module `guards` entry', '/echo?moduleDelay=300'],
