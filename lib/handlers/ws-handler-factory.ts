@@ -278,8 +278,9 @@ const GLOBAL_REQUEST_GETTERS: Record<EnhancerKind, string> = {
  * request a connection, and verify a token per message). Messages run the global and the
  * method guards.
  *
- * Enhancers are resolved the way `ExternalContextCreator.create()` resolves them (the module
- * that holds the route's provider, with that provider as the inquirer), and then checked: every
+ * Enhancers are resolved the way `ExternalContextCreator.create()` resolves an entry provider's
+ * (in the module that holds the route's provider, with that provider as the inquirer, which
+ * finds the transient enhancers Nest created for the route), and then checked: every
  * guard, interceptor and pipe the metadata names must be in the resolved chain, since Nest drops
  * an enhancer it cannot resolve without a word. A handler whose chain misses one falls back to
  * what `ExternalContextCreator.create()` itself resolves, and the application does not start if
@@ -598,7 +599,7 @@ export class WsHandlerFactory {
       ...instances.map((entry) => ({ entry, where: `the global ${kind}s` })),
       ...scoped.map((wrapper) => ({
         entry: wrapper,
-        where: `the global ${kind}s (${wrapper.name ?? 'a scoped provider'})`,
+        where: `a request-scoped or transient global ${kind}`,
         scoped: wrapper.getInstanceByContextId?.(STATIC_CONTEXT, host.inquirerId) ?? {
           instance: undefined,
         },
@@ -710,7 +711,7 @@ function describeEnhancer(entry: unknown): string {
 
 function unresolved(routeClass: Function, where: string, missing: string): Error {
   return new Error(
-    `${routeClass.name}, ${where}: ${missing} cannot be resolved, by this package or by Nest's ExternalContextCreator; the route is not started without it (is the enhancer added to the metadata after the application was scanned, or request-scoped?)`,
+    `${routeClass.name}, ${where}: ${missing} cannot be resolved, by this package or by Nest's ExternalContextCreator; the route is not started without it. A route has no instance of an enhancer added to the metadata after Nest scanned the application, nor of a request-scoped or transient global one`,
   );
 }
 

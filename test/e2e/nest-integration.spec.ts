@@ -7,9 +7,10 @@ import {
   type CanActivate,
   type ExecutionContext,
   type OnModuleInit,
+  Scope,
 } from '@nestjs/common';
 import { GUARDS_METADATA } from '@nestjs/common/constants.js';
-import { NestFactory } from '@nestjs/core';
+import { APP_GUARD, NestFactory } from '@nestjs/core';
 import {
   MessageBody,
   OnMessage,
@@ -176,6 +177,28 @@ class LateModule implements OnModuleInit {
   }
 }
 
+/** A request-scoped global guard: no instance exists outside an HTTP request. */
+@Injectable({ scope: Scope.REQUEST })
+class RequestScopedGuard implements CanActivate {
+  canActivate(): boolean {
+    return false;
+  }
+}
+
+@WsRoute('/scoped')
+class ScopedGlobalRoute {
+  @OnMessage('guarded')
+  guarded() {
+    return 'ran without the global guard';
+  }
+}
+
+@Module({
+  imports: [WsRoutesModule.forRoot()],
+  providers: [ScopedGlobalRoute, { provide: APP_GUARD, useClass: RequestScopedGuard }],
+})
+class ScopedGlobalModule {}
+
 async function pingTimes(client: TestClient, times: number): Promise<string[]> {
   const replies: string[] = [];
   for (let i = 0; i < times; i++) {
@@ -324,6 +347,20 @@ describe('Nest integration', () => {
           /LateRoute, guarded\(\): LateGuard \(the method's @UseGuards\(\)\) cannot be resolved/,
         );
         expect(logger.text('warn')).toMatch(/LateRoute, guarded\(\): LateGuard .*did not resolve/);
+      } finally {
+        await app.close();
+      }
+    });
+
+    it('does not start with a global guard it has no instance of (a request-scoped one)', async () => {
+      const app = await NestFactory.create(ScopedGlobalModule, {
+        logger: false,
+        abortOnError: false,
+      });
+      try {
+        await expect(app.listen(0, '127.0.0.1')).rejects.toThrow(
+          /ScopedGlobalRoute, the upgrade: RequestScopedGuard \(a request-scoped or transient global guard\) cannot be resolved/,
+        );
       } finally {
         await app.close();
       }
