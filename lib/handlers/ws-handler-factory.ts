@@ -688,8 +688,10 @@ function findMissing(named: NamedEnhancer[], resolved: unknown[] | undefined): s
     }
     return `${describeEnhancer(enhancer.entry)} (${enhancer.where})`;
   }
-  if (named.length !== list.length) {
-    return `${named.length - list.length} of ${named.length} enhancers`;
+  // More than the metadata names: the lists are not what this check reads (a Nest that
+  // resolves class guards another way would run them per message), so trust neither.
+  if (list.length > named.length) {
+    return `${list.length - named.length} enhancer(s) beyond the ${named.length} the metadata names`;
   }
   return undefined;
 }
