@@ -6,8 +6,11 @@ import {
   UseGuards,
   type CanActivate,
   type ExecutionContext,
+  type CallHandler,
+  type NestInterceptor,
   type OnModuleInit,
   Scope,
+  UseInterceptors,
 } from '@nestjs/common';
 import { GUARDS_METADATA } from '@nestjs/common/constants.js';
 import { APP_GUARD, NestFactory } from '@nestjs/core';
@@ -19,6 +22,7 @@ import {
   WsRoute,
   WsRoutesModule,
 } from '../../lib/index.js';
+import { Subject, map, type Observable } from 'rxjs';
 import { CapturingLogger, startApp, type TestApp } from '../utils/app.js';
 import { refusedUpgrade, TestClient } from '../utils/ws-client.js';
 
@@ -108,6 +112,31 @@ class UserRoute {
   }
 }
 
+@Injectable()
+class TagInterceptor implements NestInterceptor {
+  intercept(_context: ExecutionContext, next: CallHandler): Observable<unknown> {
+    return next.handle().pipe(map((value) => `tagged:${String(value)}`));
+  }
+}
+
+/** Handlers behind a guard and an interceptor, for the connection's order of replies. */
+@WsRoute('/streams')
+@UseInterceptors(TagInterceptor)
+class StreamRoute {
+  readonly updates = new Subject<string>();
+
+  @UseGuards(PassportStyleGuard)
+  @OnMessage('subscribe')
+  subscribe() {
+    return this.updates;
+  }
+
+  @OnMessage('ping')
+  ping() {
+    return 'pong';
+  }
+}
+
 /** The upgrade authenticates with a passport-style class guard: `conn.user` is its user. */
 @WsRoute('/login')
 @UseGuards(PassportStyleGuard)
@@ -120,7 +149,7 @@ class LoginRoute {
 
 @Module({
   imports: [WsRoutesModule.forRoot()],
-  providers: [InheritedGuardRoute, OwnGuardRoute, UserRoute, LoginRoute],
+  providers: [InheritedGuardRoute, OwnGuardRoute, UserRoute, LoginRoute, StreamRoute],
 })
 class AppModule {}
 
@@ -316,6 +345,24 @@ describe('Nest integration', () => {
         },
       });
       expect(await client.silentFor(50)).toBe(true);
+      await client.close();
+    });
+  });
+
+  describe('the pipeline and the connection', () => {
+    let t: TestApp;
+    beforeAll(async () => {
+      t = await startApp(AppModule);
+    });
+    afterAll(() => t.app.close());
+
+    it('moves on once a handler behind a guard and an interceptor returned a quiet Observable', async () => {
+      const client = await TestClient.open(t.url('/streams'));
+      client.emit('subscribe');
+      client.emit('ping');
+      expect(await client.next()).toBe('tagged:pong');
+      t.app.get(StreamRoute).updates.next('first');
+      expect(await client.next()).toBe('tagged:first');
       await client.close();
     });
   });
