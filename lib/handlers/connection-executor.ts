@@ -12,15 +12,7 @@ import {
   type ErrorPolicy,
 } from './error-policy.js';
 import type { MessageRouter, Target } from './message-router.js';
-import type { BoundHandler, RouteHandlers } from './ws-handler-factory.js';
-
-/**
- * Told by a handler's invoker the moment the route method itself returned (its raw result),
- * before interceptors see it: the executor's cue that the order of replies is settled.
- */
-export interface HandlerProgress {
-  handlerReturned(result: unknown): void;
-}
+import type { BoundHandler, HandlerProgress, RouteHandlers } from './ws-handler-factory.js';
 
 /** What an executor needs from its route, shared by all the route's connections. */
 export interface ExecutorRoute {
