@@ -1,7 +1,7 @@
 import { Injectable, type Type } from '@nestjs/common';
 import { WS_ROUTE_METADATA } from '../ws-routes.constants.js';
 import type { WsRouteMetadata } from '../decorators/ws-route.decorator.js';
-import type { ConnectionIndex, WsConnection } from './ws-connection.js';
+import type { WsConnection } from './ws-connection.js';
 
 const EMPTY: ReadonlySet<WsConnection> = new Set();
 
@@ -14,7 +14,8 @@ const EMPTY: ReadonlySet<WsConnection> = new Set();
  * loop over them.
  */
 @Injectable()
-export class WsConnectionRegistry implements Iterable<WsConnection>, ConnectionIndex {
+// It is the `ConnectionIndex` of every connection (structurally: that interface is internal).
+export class WsConnectionRegistry implements Iterable<WsConnection> {
   /** Connections whose id has been read; ids are made on first use (see `WsConnection.id`). */
   private readonly byId = new Map<string, WsConnection>();
   private readonly routes = new Map<string, Set<WsConnection>>();

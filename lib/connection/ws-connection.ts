@@ -7,7 +7,7 @@ import { frameParts, type OutboundPolicy } from './outbound.js';
 import type { RoutesWebSocket } from './routes-websocket.js';
 import { truncateCloseReason } from './truncate-utf8.js';
 
-/** Where a connection's id and room changes are recorded; implemented by `WsConnectionRegistry`. */
+/** @internal Where a connection's id and room changes are recorded: the `WsConnectionRegistry`. */
 export interface ConnectionIndex {
   indexId(conn: WsConnection, id: string): void;
   joinRoom(conn: WsConnection, room: string): void;
