@@ -38,6 +38,7 @@ class Journal {
   readonly logs = new Map<string, string[]>();
   readonly subjects = new Map<string, Subject<unknown>>();
   readonly ids = new Map<string, string>();
+  gate: Promise<void> | undefined;
   log(conn: WsConnection, entry: string): void {
     const key = String(conn.query.key);
     const log = this.logs.get(key) ?? [];
@@ -188,6 +189,21 @@ class RaceRoute {
   }
 }
 
+/** Binary messages held behind a gate the test opens, the inbound queue at its byte cap. */
+@WsRoute('/gated', { maxPayload: 1024 * 1024, maxQueuedBytes: 1024 * 1024 })
+class GatedRoute {
+  constructor(private readonly journal: Journal) {}
+  @OnMessage() async message(@ConnectedSocket() conn: WsConnection, @MessageBody() body: Buffer) {
+    const seq = body.readUInt32BE(0);
+    this.journal.log(conn, `start:${seq}`);
+    await this.journal.gate;
+    this.journal.log(conn, `done:${seq}`);
+  }
+  @OnClose() closed(conn: WsConnection) {
+    this.journal.log(conn, 'close');
+  }
+}
+
 /** A handler whose Promise never settles. */
 @WsRoute('/stuck')
 class StuckRoute {
@@ -225,7 +241,7 @@ class UnserializableRoute {
 
 @Module({
   imports: [WsRoutesModule.forRoot({ rateLimit: false, heartbeat: false, shutdownTimeout: 500 })],
-  providers: [Journal, OrderRoute, RaceRoute, StuckRoute, UnserializableRoute],
+  providers: [Journal, OrderRoute, RaceRoute, GatedRoute, StuckRoute, UnserializableRoute],
 })
 class ExecutorModule {}
 
@@ -377,6 +393,28 @@ describe('executor', () => {
         'terminate',
         'close',
       ]);
+    });
+
+    it('close while the inbound queue is at its byte cap and reading is paused', async () => {
+      let release!: () => void;
+      journal.gate = new Promise((resolve) => (release = resolve));
+      const client = await TestClient.open(t.url('/gated?key=paused'));
+      const count = 12; // 3 MiB against a 1 MiB queue: the server stops reading
+      for (let i = 0; i < count; i++) {
+        const message = Buffer.alloc(256 * 1024);
+        message.writeUInt32BE(i, 0);
+        client.send(message);
+      }
+      const closed = client.close();
+      await delay(200);
+      expect(journal.entries('paused')).toEqual(['start:0']);
+      const registry = t.app.get(WsConnectionRegistry);
+      expect([...registry.byRoute(GatedRoute)].map((conn) => conn.socket.isPaused)).toEqual([true]);
+      release();
+      journal.gate = undefined;
+      const expected = Array.from({ length: count }, (_, i) => [`start:${i}`, `done:${i}`]).flat();
+      expect(await settledLog('paused')).toEqual([...expected, 'close']);
+      expect(await closed).toEqual({ code: 1005, reason: '' });
     });
 
     it('a peer reset (TCP RST) while a handler is busy', async () => {
