@@ -18,7 +18,7 @@ interface SetSocket {
  * Whoever writes through `ws` itself (`ws` answering the peer's close or closing after a
  * protocol error, `conn.socket.close()`, `send()`, `ping()`, `pong()`) goes through the methods
  * below, and each writes the batch first: no frame that was accepted can be overtaken or lost
- * behind a close frame. `terminate()` drops the batch, as it drops everything else.
+ * behind a close frame, and `terminate()` hands it to the kernel before destroying the socket.
  *
  * The escape hatch `socket.send(data, { fin: false })` opens a fragmented message; batched
  * frames wait until its last fragment has been sent, since a data frame inside a fragmented
@@ -132,22 +132,29 @@ export class RoutesWebSocket extends WebSocket implements Batched {
   /** Writes the batch, then starts (or answers) the closing handshake. */
   closeNow(code?: number, reason?: string | Buffer): void {
     this.closeGate = undefined;
+    this.lastWrite();
+    super.close(code, reason);
+  }
+
+  /**
+   * Writes the batch before the connection ends. Inside an unfinished fragmented message it
+   * cannot go (control frames may, data frames may not), and the message will never be
+   * finished now: the batch is dropped.
+   */
+  private lastWrite(): void {
     if (this.fragmenting) {
-      // A close frame may come inside a fragmented message (control frames may); the batch may
-      // not, and the message will never be finished now.
       this.fragmenting = false;
       this.pending = null;
       this.pendingBytes = 0;
     } else {
       this.flushBatch(false);
     }
-    super.close(code, reason);
   }
 
+  /** Hands what the batch holds to the socket, then destroys it (the kernel may still send it). */
   override terminate(): void {
-    this.pending = null;
-    this.pendingBytes = 0;
     this.closeGate = undefined;
+    this.lastWrite();
     super.terminate();
   }
 }

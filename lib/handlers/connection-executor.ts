@@ -299,19 +299,20 @@ export class ConnectionExecutor implements HandlerProgress {
     };
     try {
       subscription = stream.subscribe({
+        // The value goes out before the queue moves on: the next reply must not overtake it.
         next: (value) => {
-          release();
           if (value !== undefined && value !== null) this.send(handler, value, payload, pattern);
+          release();
         },
         error: (error: unknown) => {
-          end();
           this.route.errors.handlerFailed(this.conn, handler, error, payload, pattern);
+          end();
         },
         complete: end,
       });
     } catch (error) {
-      end();
       this.route.errors.handlerFailed(this.conn, handler, error, payload, pattern);
+      end();
     }
     subscribing = false;
     if (subscription && !subscription.closed) {
