@@ -90,7 +90,7 @@ const DirectHeadersGuard = guard((_request, response) => {
   return true;
 });
 const SlowGuard = guard(() => delay(300).then(() => true));
-const RefusingGuard = guard((request) => {
+const RefusingGuard = guard((request, response) => {
   switch (request.query.mode) {
     case 'throw':
       throw new Error('guard exploded');
@@ -98,6 +98,10 @@ const RefusingGuard = guard((request) => {
       throw new HttpException('Backend down', 503);
     case '200':
       throw new HttpException('Not an error status', 200);
+    case 'inject':
+      response.headers['WWW-Authenticate'] = 'Bearer realm="ws"';
+      response.headers['X-Bad'] = 'a\r\nSet-Cookie: injected=1';
+      throw new HttpException('Token required', 401);
     default:
       throw new ForbiddenException('No entry');
   }
@@ -237,6 +241,21 @@ describe('handshake hardening', () => {
         ),
       ).toBe(true);
       expect(logged.join('\n')).not.toContain('injected=1');
+    });
+
+    it('an invalid header written into response.headers directly is dropped from a refusal and logged', async () => {
+      const from = logger.lines.length;
+      const { head, status, raw } = await rawUpgrade(t.port, '/refuse?mode=inject');
+      expect(status).toBe(401);
+      expect(head).toContain('\r\nWWW-Authenticate: Bearer realm="ws"');
+      expect(head).not.toMatch(/injected|x-bad/i);
+      await raw.waitClosed();
+      const logged = logger.lines.slice(from).map((line) => line.text);
+      expect(
+        logged.some((text) =>
+          text.includes('Dropped response header X-Bad of the refusal of /refuse'),
+        ),
+      ).toBe(true);
     });
   });
 
