@@ -7,9 +7,9 @@ export const ORIGIN_REFUSED_MESSAGE = 'Cross-origin WebSocket upgrade refused';
 
 /**
  * Refuses browser upgrades from origins the policy does not allow, with 403. It runs first in
- * every route's handshake guards. Tornado's `check_origin` returning `True` (the design seed)
- * is `origins: '*'` here, and it is not the default: a page on another site could otherwise
- * open a connection that carries the visitor's cookies (cross-site WebSocket hijacking).
+ * every route's handshake guards. A Tornado `check_origin` that returns `True` is
+ * `origins: '*'` here, and it is not the default: a page on another site could otherwise open
+ * a connection that carries the visitor's cookies (cross-site WebSocket hijacking).
  */
 export class OriginGuard implements CanActivate {
   constructor(
