@@ -1,5 +1,5 @@
 import type { HeartbeatOptions } from '../interfaces/heartbeat-options.interface.js';
-import type { RoutesWebSocket } from './routes-websocket.js';
+import { tcpSocketOf } from './ws-internals.js';
 import { WsConnection } from './ws-connection.js';
 
 /** Reason reported to `@OnClose` (with code 1006) for a peer the heartbeat gave up on. */
@@ -110,6 +110,6 @@ export class Heartbeat {
 
 /** Bytes the TCP socket has handed to the kernel so far (written, minus what still waits). */
 function sentBytes(conn: WsConnection): number {
-  const raw = (conn.socket as RoutesWebSocket).raw;
+  const raw = tcpSocketOf(conn.socket);
   return raw ? raw.bytesWritten - raw.writableLength : 0;
 }

@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import { WebSocket } from 'ws';
 import { afterPoll, afterThisCode, PING_FRAME, writeFrames, type Batched } from './outbound.js';
-import { peerCloseReceived, probeWsInternals, senderIdle } from './ws-internals.js';
+import { peerCloseReceived, probeWsInternals, senderIdle, tcpSocketOf } from './ws-internals.js';
 
 type WriteCallback = (error?: Error | null) => void;
 
@@ -24,33 +24,52 @@ interface SetSocket {
  * frames wait until its last fragment has been sent, since a data frame inside a fragmented
  * message breaks the protocol (RFC 6455 §5.4).
  */
+/**
+ * Who a socket reports to: its `WsConnection`, which passes the close question on to the
+ * route's handlers (the connection layer never imports them).
+ */
+export interface SocketOwner {
+  /** While set, the last write of every flush calls it back (the `@OnDrain` watch). */
+  readonly drainWatch: WriteCallback | undefined;
+  /**
+   * `ws` is about to answer the peer's close frame; `true` postpones the answer until
+   * {@link RoutesWebSocket.closeNow} (messages the peer sent before it are still being handled).
+   */
+  deferPeerClose(code: number | undefined, reason: Buffer | string | undefined): boolean;
+}
+
+/** `bits`: a batch is scheduled for the end of this turn. */
+const SCHEDULED = 1;
+/** `bits`: a fragmented message sent through the escape hatch is open. */
+const FRAGMENTING = 2;
+/** `bits`: `ws`'s internals could be read (see `ws-internals.ts`). */
+const PROBED = 4;
+/** `bits`: frames may go straight to the socket: probed, and no per-message deflate. */
+const DIRECT = 8;
+
 export class RoutesWebSocket extends WebSocket implements Batched {
-  /** The TCP socket, from the handshake on. */
-  raw: Socket | null = null;
+  // Every open connection has one of these, so its own state is four fields: the batch, its
+  // byte count, three flags in one number, and the owner.
   /** Frames of this turn not written yet: one Buffer (the common case), several, or none. */
   private pending: Buffer | Buffer[] | null = null;
   /** Bytes in `pending`: a running count, so `bufferedAmount` stays O(1). */
   pendingBytes = 0;
-  private scheduled = false;
-  /** A fragmented message sent through the escape hatch is open. */
-  private fragmenting = false;
-  /** Frames may go straight to the socket: no per-message deflate, and `ws` is readable. */
-  private direct = false;
-  /** Called back by the last write of every flush while set (the `@OnDrain` watch). */
-  writeWatch: WriteCallback | undefined = undefined;
-  /**
-   * Asked before `ws` answers the peer's close frame; returning `true` postpones the answer
-   * until {@link closeNow} (the connection is still handling messages the peer sent before it).
-   */
-  closeGate:
-    ((code: number | undefined, reason: Buffer | string | undefined) => boolean) | undefined =
-    undefined;
+  private bits = 0;
+  /** The connection this socket belongs to, once the handshake made one. */
+  owner: SocketOwner | undefined = undefined;
 
   /** @internal Called by `ws`'s server once the 101 is written. */
   setSocket(socket: Socket, head: Buffer, options: object): void {
     (WebSocket.prototype as unknown as SetSocket).setSocket.call(this, socket, head, options);
-    this.raw = socket;
-    this.direct = probeWsInternals(this) && !this.extensions.includes('permessage-deflate');
+    if (probeWsInternals(this))
+      this.bits |= this.extensions.includes('permessage-deflate') ? PROBED : PROBED | DIRECT;
+  }
+
+  private get fragmenting(): boolean {
+    return (this.bits & FRAGMENTING) !== 0;
+  }
+  private set fragmenting(value: boolean) {
+    this.bits = value ? this.bits | FRAGMENTING : this.bits & ~FRAGMENTING;
   }
 
   /**
@@ -58,7 +77,9 @@ export class RoutesWebSocket extends WebSocket implements Batched {
    * (per-message deflate compresses per socket; a busy sender must keep its order).
    */
   get takesFrames(): boolean {
-    return this.fragmenting || (this.direct && senderIdle(this));
+    const { bits } = this;
+    if ((bits & FRAGMENTING) !== 0) return (bits & PROBED) !== 0;
+    return (bits & DIRECT) !== 0 && senderIdle(this);
   }
 
   /** Adds a frame to this turn's batch; `broadcast` picks the end-of-turn schedule. */
@@ -68,8 +89,8 @@ export class RoutesWebSocket extends WebSocket implements Batched {
     else if (Array.isArray(parts)) parts.push(frame);
     else this.pending = [parts, frame];
     this.pendingBytes += frame.length;
-    if (!this.scheduled) {
-      this.scheduled = true;
+    if ((this.bits & SCHEDULED) === 0) {
+      this.bits |= SCHEDULED;
       (broadcast ? afterThisCode : afterPoll).add(this);
     }
   }
@@ -82,20 +103,20 @@ export class RoutesWebSocket extends WebSocket implements Batched {
 
   /** @internal Writes the batch now (`endOfTurn`: the schedule's call). */
   flushBatch(endOfTurn: boolean): void {
-    if (endOfTurn) this.scheduled = false;
+    if (endOfTurn) this.bits &= ~SCHEDULED;
     const parts = this.pending;
     if (parts === null || this.fragmenting) return;
     const total = this.pendingBytes;
     this.pending = null;
     this.pendingBytes = 0;
-    const raw = this.raw;
-    if (raw && raw.writable) writeFrames(raw, parts, total, this.writeWatch);
+    const raw = tcpSocketOf(this);
+    if (raw && raw.writable) writeFrames(raw, parts, total, this.owner?.drainWatch);
   }
 
   /** `ws.send()` after the batch: for what `ws` must frame itself. */
   sendAfterBatch(data: Buffer | string, binary: boolean): void {
     this.flushBatch(false);
-    super.send(data, { binary }, this.writeWatch);
+    super.send(data, { binary }, this.owner?.drainWatch);
   }
 
   override send(data: unknown, options?: unknown, callback?: unknown): void {
@@ -122,7 +143,7 @@ export class RoutesWebSocket extends WebSocket implements Batched {
     if (
       this.readyState === WebSocket.OPEN &&
       peerCloseReceived(this) &&
-      this.closeGate?.(code, reason)
+      this.owner?.deferPeerClose(code, reason)
     ) {
       return;
     }
@@ -131,7 +152,6 @@ export class RoutesWebSocket extends WebSocket implements Batched {
 
   /** Writes the batch, then starts (or answers) the closing handshake. */
   closeNow(code?: number, reason?: string | Buffer): void {
-    this.closeGate = undefined;
     this.lastWrite();
     super.close(code, reason);
   }
@@ -153,7 +173,6 @@ export class RoutesWebSocket extends WebSocket implements Batched {
 
   /** Hands what the batch holds to the socket, then destroys it (the kernel may still send it). */
   override terminate(): void {
-    this.closeGate = undefined;
     this.lastWrite();
     super.terminate();
   }

@@ -4,7 +4,7 @@ import type { WebSocket } from 'ws';
 import { CloseCode } from '../ws-routes.constants.js';
 import { encodeMessage } from './encode-message.js';
 import { frameParts, type OutboundPolicy } from './outbound.js';
-import type { RoutesWebSocket } from './routes-websocket.js';
+import type { RoutesWebSocket, SocketOwner } from './routes-websocket.js';
 import { truncateCloseReason } from './truncate-utf8.js';
 
 /** @internal Where a connection's id and room changes are recorded: the `WsConnectionRegistry`. */
@@ -27,10 +27,16 @@ export interface WsSendOptions {
 
 /** Outgoing-buffer events of a connection, for the route that handles them. */
 export interface OutboundEvents {
-  /** Whether `onDrain` is wanted (arming it costs a listener). */
+  /** Whether `onDrain` is wanted (arming it costs a callback on the writes). */
   readonly watchesDrain: boolean;
   onOverflow(conn: WsConnection, policy: OutboundPolicy): void;
   onDrain(conn: WsConnection): void;
+  /** The peer closed: whether `ws`'s answer waits for messages still being handled. */
+  deferPeerClose(
+    conn: WsConnection,
+    code: number | undefined,
+    reason: Buffer | string | undefined,
+  ): boolean;
 }
 
 /**
@@ -90,7 +96,7 @@ function newConnectionId(): string {
  *
  * @typeParam TData - shape of the per-connection {@link WsConnection.data} bag.
  */
-export class WsConnection<TData extends object = Record<string, any>> {
+export class WsConnection<TData extends object = Record<string, any>> implements SocketOwner {
   static readonly CONNECTING = 0;
   static readonly OPEN = 1;
   static readonly CLOSING = 2;
@@ -121,7 +127,8 @@ export class WsConnection<TData extends object = Record<string, any>> {
    * outgoing ones skipped as `volatile` or by the `'drop'` slow-consumer policy.
    */
   droppedMessages = 0;
-  private drainArmed = false;
+  /** @internal Set while `@OnDrain` waits: the socket's flushes call it back. */
+  drainWatch: ((error?: Error | null) => void) | undefined = undefined;
   /**
    * @internal Rate-limit bucket: tokens left (`-1`: not used yet, full) and when they were
    * counted. Not `Infinity`: a non-integer field costs every connection a boxed number.
@@ -165,6 +172,7 @@ export class WsConnection<TData extends object = Record<string, any>> {
     readonly remoteAddress: string = request.socket.remoteAddress ?? '',
   ) {
     this.request_ = request;
+    (socket as RoutesWebSocket).owner = this;
     this.headers = withoutHandshakeHeaders(request.headers);
     this.query = isEmpty(query) ? NOTHING : query;
     this.params = isEmpty(params) ? NOTHING : params;
@@ -322,8 +330,8 @@ export class WsConnection<TData extends object = Record<string, any>> {
     } else {
       socket.sendAfterBatch(payload, binary);
     }
-    if (!this.drainArmed && events?.watchesDrain && this.bufferedAmount > outbound.lowWatermark)
-      this.armDrain(socket, outbound.lowWatermark);
+    if (!this.drainWatch && events?.watchesDrain && this.bufferedAmount > outbound.lowWatermark)
+      this.armDrain(outbound.lowWatermark);
     return true;
   }
 
@@ -332,18 +340,20 @@ export class WsConnection<TData extends object = Record<string, any>> {
    * the last write of every flush calls back while armed, and the last one finds the buffer
    * empty. (Node's `'drain'` fires only after a write crossed the socket's high-water mark.)
    */
-  private armDrain(socket: RoutesWebSocket, lowWatermark: number): void {
-    this.drainArmed = true;
-    socket.writeWatch = () => {
+  private armDrain(lowWatermark: number): void {
+    this.drainWatch = () => {
       if (this.readyState !== WsConnection.OPEN) {
-        this.drainArmed = false;
-        socket.writeWatch = undefined;
+        this.drainWatch = undefined;
       } else if (this.bufferedAmount <= lowWatermark) {
-        this.drainArmed = false;
-        socket.writeWatch = undefined;
+        this.drainWatch = undefined;
         this.shared.events?.onDrain(this);
       }
     };
+  }
+
+  /** @internal `SocketOwner`: asked before `ws` answers the peer's close frame. */
+  deferPeerClose(code: number | undefined, reason: Buffer | string | undefined): boolean {
+    return this.shared.events?.deferPeerClose(this, code, reason) ?? false;
   }
 
   /**

@@ -1,4 +1,5 @@
 import { Logger } from '@nestjs/common';
+import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 
 /**
@@ -6,7 +7,8 @@ import type { WebSocket } from 'ws';
  * - whether its `Sender` is idle (nothing waiting for compression or for a Blob to be read).
  *   While it is not, a frame written straight to the TCP socket would overtake what the sender
  *   holds, so messages go through `ws.send()` instead;
- * - whether the peer's close frame has arrived, to tell `ws`'s answer to it from other closes.
+ * - whether the peer's close frame has arrived, to tell `ws`'s answer to it from other closes;
+ * - its TCP socket (`_socket`), which the batch is written to.
  * Everything else comes from public API (`extensions`, `bufferedAmount`, error codes) or from
  * the hooks of our `WebSocket` subclass (`setSocket`, `close`, `send`, `ping`, `pong`).
  *
@@ -15,6 +17,7 @@ import type { WebSocket } from 'ws';
  * warning says so once.
  */
 interface Internals {
+  _socket?: unknown;
   _sender?: { _state?: unknown } | null;
   _closeFrameReceived?: unknown;
 }
@@ -28,6 +31,8 @@ export function probeWsInternals(ws: WebSocket): boolean {
   if (probed !== undefined) return probed;
   const internals = ws as unknown as Internals;
   probed =
+    typeof internals._socket === 'object' &&
+    internals._socket !== null &&
     typeof internals._sender?._state === 'number' &&
     typeof internals._closeFrameReceived === 'boolean';
   if (!probed) {
@@ -48,4 +53,9 @@ export function senderIdle(ws: WebSocket): boolean {
 /** Whether the peer's close frame has arrived (false where the probe failed). */
 export function peerCloseReceived(ws: WebSocket): boolean {
   return probed === true && (ws as unknown as { _closeFrameReceived: boolean })._closeFrameReceived;
+}
+
+/** The TCP socket of a connection, once its handshake is done. */
+export function tcpSocketOf(ws: WebSocket): Socket | null {
+  return (ws as unknown as { _socket: Socket | null })._socket;
 }

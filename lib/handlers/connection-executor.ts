@@ -51,6 +51,17 @@ const BUSY = 2;
 const FAILED = 3;
 const CLOSED = 4;
 
+/** `flags` */
+const PAUSED = 1;
+const RETURNED_INLINE = 2;
+const CLOSE_RAN = 4;
+
+/** Waiting messages as flat pairs (data, isBinary), and their bytes. */
+interface InboundQueue {
+  items: (Buffer | boolean)[];
+  bytes: number;
+}
+
 /** What an executor rarely needs: allocated on first use. */
 interface Extras {
   /** The close event was seen: `@OnClose` runs when the queue is done. */
@@ -83,20 +94,32 @@ interface ReplyGate {
  * (TCP flow control then holds the client back) until the queue halves.
  */
 export class ConnectionExecutor implements HandlerProgress {
+  // Every open connection has one: its own state is two numbers and two rarely set fields.
   private state: number = IDLE;
-  private paused = false;
-  /** Waiting messages as flat pairs: data, isBinary. */
-  private queue: (Buffer | boolean)[] | undefined = undefined;
-  private queuedBytes = 0;
-  /** The handler of the message being run returned within `invoke()`. */
-  private returnedInline = false;
-  private closeRan = false;
+  private flags = 0;
+  /** Messages waiting for the one being handled, in order. */
+  private queue: InboundQueue | undefined = undefined;
   private extras: Extras | undefined = undefined;
 
   constructor(
     readonly route: ExecutorRoute,
     readonly conn: WsConnection,
   ) {}
+
+  /** Reading from the socket is paused until the queue halves. */
+  private get paused(): boolean {
+    return (this.flags & PAUSED) !== 0;
+  }
+  private set paused(value: boolean) {
+    this.flags = value ? this.flags | PAUSED : this.flags & ~PAUSED;
+  }
+  /** The handler of the message being run returned within `invoke()`. */
+  private get returnedInline(): boolean {
+    return (this.flags & RETURNED_INLINE) !== 0;
+  }
+  private set returnedInline(value: boolean) {
+    this.flags = value ? this.flags | RETURNED_INLINE : this.flags & ~RETURNED_INLINE;
+  }
 
   private get more(): Extras {
     return (this.extras ??= {});
@@ -175,13 +198,13 @@ export class ConnectionExecutor implements HandlerProgress {
   }
 
   private enqueue(data: Buffer, isBinary: boolean): void {
-    const queue = (this.queue ??= []);
-    queue.push(data, isBinary);
-    this.queuedBytes += data.length;
+    const queue = (this.queue ??= { items: [], bytes: 0 });
+    queue.items.push(data, isBinary);
+    queue.bytes += data.length;
     const { maxQueuedMessages, maxQueuedBytes } = this.route;
     if (
       !this.paused &&
-      (queue.length >= maxQueuedMessages * 2 || this.queuedBytes >= maxQueuedBytes)
+      (queue.items.length >= maxQueuedMessages * 2 || queue.bytes >= maxQueuedBytes)
     ) {
       this.paused = true;
       this.conn.socket.pause();
@@ -333,12 +356,13 @@ export class ConnectionExecutor implements HandlerProgress {
   private settle(): void {
     if (this.state === BUSY || this.state === OPENING) this.state = IDLE;
     const { queue } = this;
-    while (this.state === IDLE && queue?.length) {
-      const data = queue.shift() as Buffer;
-      const isBinary = queue.shift() as boolean;
-      this.queuedBytes -= data.length;
+    while (this.state === IDLE && queue?.items.length) {
+      const data = queue.items.shift() as Buffer;
+      const isBinary = queue.items.shift() as boolean;
+      queue.bytes -= data.length;
       this.process(data, isBinary);
     }
+    if (queue && queue.items.length === 0 && this.queue === queue) this.queue = undefined;
     if (this.state !== IDLE && this.state !== FAILED) return;
     if (this.paused) {
       this.paused = false;
@@ -353,7 +377,7 @@ export class ConnectionExecutor implements HandlerProgress {
   }
 
   private get settled(): boolean {
-    return (this.state === IDLE || this.state === FAILED) && !this.queue?.length;
+    return (this.state === IDLE || this.state === FAILED) && !this.queue?.items.length;
   }
 
   /**
@@ -406,7 +430,7 @@ export class ConnectionExecutor implements HandlerProgress {
     const extras = this.more;
     extras.closeTimer = undefined;
     const { route, conn } = this;
-    const waiting = this.queue ? this.queue.length / 2 : 0;
+    const waiting = this.queue ? this.queue.items.length / 2 : 0;
     route.logger.warn(
       `${route.name}: a handler of connection ${conn.id} was still running ${route.closeTimeout} ms after ` +
         `the close${waiting ? ` (${waiting} message(s) not handled)` : ''}; closing without waiting`,
@@ -419,8 +443,8 @@ export class ConnectionExecutor implements HandlerProgress {
   }
 
   private runClose(): void {
-    if (this.closeRan) return;
-    this.closeRan = true;
+    if ((this.flags & CLOSE_RAN) !== 0) return;
+    this.flags |= CLOSE_RAN;
     this.state = CLOSED;
     const extras = this.more;
     clearTimeout(extras.closeTimer);
@@ -462,7 +486,6 @@ export class ConnectionExecutor implements HandlerProgress {
 
   private dropQueue(): void {
     this.queue = undefined;
-    this.queuedBytes = 0;
   }
 
   private runErrorHook(error: unknown): void {

@@ -42,15 +42,6 @@ function onPing(this: WebSocket, payload: Buffer): void {
   const executor = (this as ExecutorSocket)[kExecutor];
   dispatcherOf(executor).onHeartbeatFrame(executor.conn, 'ping', payload);
 }
-/** `RoutesWebSocket.closeGate`: the answer to the peer's close waits for accepted messages. */
-function gatePeerClose(
-  this: RoutesWebSocket,
-  code: number | undefined,
-  reason: Buffer | string | undefined,
-): boolean {
-  return (this as ExecutorSocket)[kExecutor].deferPeerClose(code, reason);
-}
-
 function dispatcherOf(executor: ConnectionExecutor): RouteDispatcher {
   return executor.route as RouteDispatcher;
 }
@@ -114,7 +105,6 @@ export class RouteDispatcher implements OutboundEvents, ExecutorRoute {
     socket.on('message', onMessage);
     socket.on('close', onClose);
     socket.on('error', onError);
-    socket.closeGate = gatePeerClose;
     // ws answers pings itself; these are only needed by the heartbeat and @OnPing/@OnPong.
     if (this.options.heartbeat || this.handlers.pong) socket.on('pong', onPong);
     if (this.options.heartbeat || this.handlers.ping) socket.on('ping', onPing);
@@ -140,6 +130,16 @@ export class RouteDispatcher implements OutboundEvents, ExecutorRoute {
   /** @internal `OutboundEvents`: the connection's queue drained. */
   onDrain(conn: WsConnection): void {
     if (this.handlers.drain) void this.runHook(this.handlers.drain, conn, undefined);
+  }
+
+  /** @internal `OutboundEvents`: the answer to the peer's close waits for accepted messages. */
+  deferPeerClose(
+    conn: WsConnection,
+    code: number | undefined,
+    reason: Buffer | string | undefined,
+  ): boolean {
+    const executor = (conn.socket as Partial<ExecutorSocket>)[kExecutor];
+    return executor ? executor.deferPeerClose(code, reason) : false;
   }
 
   /** @internal A ping or pong arrived. */
