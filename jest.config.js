@@ -1,6 +1,7 @@
 /** Jest in native ESM mode; TypeScript is compiled by SWC with legacy decorators and
- * decorator metadata, which Nest's constructor injection needs. */
-const swc = {
+ * decorator metadata, which Nest's constructor injection needs. The child processes of the
+ * crash tests compile with the same `swc` options (test/utils/ts-loader.mjs). */
+export const swc = {
   jsc: {
     parser: { syntax: 'typescript', decorators: true },
     transform: { legacyDecorator: true, decoratorMetadata: true, useDefineForClassFields: false },

@@ -35,7 +35,8 @@ export interface ChildApp {
   /** Sends a command over IPC and resolves with the child's result; rejects if it exits. */
   request<T = unknown>(command: string, arg?: unknown, timeout?: number): Promise<T>;
   /** Resolves with the first log line (from now or before) that contains `text`. */
-  waitForLog(text: string | RegExp, timeout?: number): Promise<string>;
+  /** The first log line from index `from` on that matches (logged already, or within `timeout`). */
+  waitForLog(text: string | RegExp, timeout?: number, from?: number): Promise<string>;
   /** SIGTERM, then SIGKILL after `timeout` ms; resolves with the exit. */
   stop(timeout?: number): Promise<ChildExit>;
 }
@@ -177,9 +178,9 @@ class Child implements ChildApp {
     });
   }
 
-  async waitForLog(text: string | RegExp, timeout = 3000): Promise<string> {
-    const matches = (line: string) =>
-      typeof text === 'string' ? line.includes(text) : text.test(line);
+  async waitForLog(text: string | RegExp, timeout = 3000, from = 0): Promise<string> {
+    const matches = (line: string, index: number) =>
+      index >= from && (typeof text === 'string' ? line.includes(text) : text.test(line));
     const deadline = Date.now() + timeout;
     for (;;) {
       const line = this.logs.find(matches);

@@ -5,17 +5,9 @@
 import { transformSync } from '@swc/core';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath, URL } from 'node:url';
+import { swc } from '../../jest.config.js';
 
-const swcOptions = {
-  jsc: {
-    parser: { syntax: 'typescript', decorators: true },
-    transform: { legacyDecorator: true, decoratorMetadata: true, useDefineForClassFields: false },
-    target: 'es2022',
-    keepClassNames: true,
-  },
-  module: { type: 'es6' },
-  sourceMaps: 'inline',
-};
+const swcOptions = swc;
 
 export async function resolve(specifier, context, nextResolve) {
   const parent = context.parentURL;
