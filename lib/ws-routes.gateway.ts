@@ -254,7 +254,10 @@ export class WsRoutesGateway
       for (const conn of stuck) conn.terminate('Shutdown timeout');
       await within(closed, Date.now() + 1000);
     }
-    const handlersDone = Promise.all(this.routes.map((route) => route.dispatcher.settled()));
+    // @OnClose of connections still handling messages waits for them until the deadline.
+    const handlersDone = Promise.all(
+      this.routes.map((route) => route.dispatcher.settled(deadline)),
+    );
     if (!(await within(handlersDone, Math.max(deadline, Date.now() + 100)))) {
       this.logger.warn('@OnClose handlers were still running when the shutdown timeout expired');
     }

@@ -1,5 +1,5 @@
 import type { HeartbeatOptions } from '../interfaces/heartbeat-options.interface.js';
-import { tcpSocketOf } from './ws-internals.js';
+import { sentBytes as kernelBytes, tcpSocketOf } from './ws-internals.js';
 import { WsConnection } from './ws-connection.js';
 
 /** Reason reported to `@OnClose` (with code 1006) for a peer the heartbeat gave up on. */
@@ -108,8 +108,8 @@ export class Heartbeat {
   }
 }
 
-/** Bytes the TCP socket has handed to the kernel so far (written, minus what still waits). */
+/** Bytes of the connection the kernel has taken so far. */
 function sentBytes(conn: WsConnection): number {
   const raw = tcpSocketOf(conn.socket);
-  return raw ? raw.bytesWritten - raw.writableLength : 0;
+  return raw ? kernelBytes(raw) : 0;
 }

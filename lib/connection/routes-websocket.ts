@@ -11,20 +11,6 @@ interface SetSocket {
 }
 
 /**
- * The `WebSocket` class of our `ws` servers (`new WebSocketServer({ WebSocket })`). It owns this
- * connection's write batch: the frames sent to it in one event-loop turn (replies, broadcasts,
- * heartbeat pings), written at the end of the turn in one `write`.
- *
- * Whoever writes through `ws` itself (`ws` answering the peer's close or closing after a
- * protocol error, `conn.socket.close()`, `send()`, `ping()`, `pong()`) goes through the methods
- * below, and each writes the batch first: no frame that was accepted can be overtaken or lost
- * behind a close frame, and `terminate()` hands it to the kernel before destroying the socket.
- *
- * The escape hatch `socket.send(data, { fin: false })` opens a fragmented message; batched
- * frames wait until its last fragment has been sent, since a data frame inside a fragmented
- * message breaks the protocol (RFC 6455 §5.4).
- */
-/**
  * Who a socket reports to: its `WsConnection`, which passes the close question on to the
  * route's handlers (the connection layer never imports them).
  */
@@ -47,9 +33,23 @@ const PROBED = 4;
 /** `bits`: frames may go straight to the socket: probed, and no per-message deflate. */
 const DIRECT = 8;
 
+/**
+ * The `WebSocket` class of our `ws` servers (`new WebSocketServer({ WebSocket })`). It owns this
+ * connection's write batch: the frames sent to it in one event-loop turn (replies, broadcasts,
+ * heartbeat pings), written at the end of the turn in one `write`.
+ *
+ * Whoever writes through `ws` itself (`ws` answering the peer's close or closing after a
+ * protocol error, `conn.socket.close()`, `send()`, `ping()`, `pong()`) goes through the methods
+ * below, and each writes the batch first: no frame that was accepted can be overtaken or lost
+ * behind a close frame, and `terminate()` hands it to the kernel before destroying the socket.
+ *
+ * The escape hatch `socket.send(data, { fin: false })` opens a fragmented message; batched
+ * frames wait until its last fragment has been sent, since a data frame inside a fragmented
+ * message breaks the protocol (RFC 6455 §5.4).
+ */
 export class RoutesWebSocket extends WebSocket implements Batched {
   // Every open connection has one of these, so its own state is four fields: the batch, its
-  // byte count, three flags in one number, and the owner.
+  // byte count, the flags above in one number, and the owner.
   /** Frames of this turn not written yet: one Buffer (the common case), several, or none. */
   private pending: Buffer | Buffer[] | null = null;
   /** Bytes in `pending`: a running count, so `bufferedAmount` stays O(1). */
@@ -120,13 +120,26 @@ export class RoutesWebSocket extends WebSocket implements Batched {
   }
 
   override send(data: unknown, options?: unknown, callback?: unknown): void {
-    const opts = typeof options === 'function' ? undefined : (options as { fin?: boolean });
+    if (typeof options === 'function') [options, callback] = [{}, options];
+    const send = super.send as (data: unknown, options: unknown, callback: unknown) => void;
+    const fin = (options as { fin?: boolean } | undefined)?.fin !== false;
     const wasFragmenting = this.fragmenting;
     if (!wasFragmenting) this.flushBatch(false);
-    (super.send as (...args: unknown[]) => void)(data, options, callback);
+    if (wasFragmenting && fin && (this.bits & DIRECT) === 0) {
+      // ws frames (and compresses) the last fragment itself, maybe later: the batch waits
+      // until that frame is written.
+      const done = callback as WriteCallback | undefined;
+      send.call(this, data, options, (error?: Error | null) => {
+        this.fragmenting = false;
+        if (!error) this.flushBatch(false);
+        done?.(error);
+      });
+      return;
+    }
+    send.call(this, data, options, callback);
     if (this.readyState !== WebSocket.OPEN) return;
-    this.fragmenting = opts?.fin === false;
-    if (wasFragmenting && !this.fragmenting) this.flushBatch(false);
+    this.fragmenting = !fin;
+    if (wasFragmenting && fin) this.flushBatch(false);
   }
 
   override ping(data?: unknown, mask?: boolean, callback?: (error: Error) => void): void {

@@ -318,6 +318,13 @@ export class WsConnection<TData extends object = Record<string, any>> implements
         return false;
       }
     }
+    // Armed before the write: a message `ws.send()` frames carries the watch only if it is set.
+    if (
+      !this.drainWatch &&
+      events?.watchesDrain &&
+      buffered + (frame ? frame.length : Buffer.byteLength(payload)) > outbound.lowWatermark
+    )
+      this.armDrain(outbound.lowWatermark);
     if (socket.takesFrames) {
       if (frame) socket.queueFrame(frame, true);
       else {
@@ -330,8 +337,6 @@ export class WsConnection<TData extends object = Record<string, any>> implements
     } else {
       socket.sendAfterBatch(payload, binary);
     }
-    if (!this.drainWatch && events?.watchesDrain && this.bufferedAmount > outbound.lowWatermark)
-      this.armDrain(outbound.lowWatermark);
     return true;
   }
 
@@ -341,8 +346,8 @@ export class WsConnection<TData extends object = Record<string, any>> implements
    * empty. (Node's `'drain'` fires only after a write crossed the socket's high-water mark.)
    */
   private armDrain(lowWatermark: number): void {
-    this.drainWatch = () => {
-      if (this.readyState !== WsConnection.OPEN) {
+    this.drainWatch = (error) => {
+      if (error || this.readyState !== WsConnection.OPEN) {
         this.drainWatch = undefined;
       } else if (this.bufferedAmount <= lowWatermark) {
         this.drainWatch = undefined;

@@ -8,9 +8,13 @@ import type { WebSocket } from 'ws';
  *   While it is not, a frame written straight to the TCP socket would overtake what the sender
  *   holds, so messages go through `ws.send()` instead;
  * - whether the peer's close frame has arrived, to tell `ws`'s answer to it from other closes;
- * - its TCP socket (`_socket`), which the batch is written to.
+ * - its TCP socket (`_socket`), which the batch is written to;
+ * - and, of Node's `net.Socket`, how many bytes the kernel has taken ({@link sentBytes}), for
+ *   the heartbeat's verdict on a connection with a backlog.
  * Everything else comes from public API (`extensions`, `bufferedAmount`, error codes) or from
- * the hooks of our `WebSocket` subclass (`setSocket`, `close`, `send`, `ping`, `pong`).
+ * the methods our `WebSocket` subclass overrides: the public `close`, `send`, `ping`, `pong`,
+ * `terminate`, and `setSocket`, which `ws`'s server calls once the 101 is written (not
+ * documented, but the one place a subclass learns that the connection is open).
  *
  * They are probed on the first connection; if a future `ws` changes them, every message goes
  * through `ws.send()` (correct, without batching), the peer's close is answered at once, and a
@@ -58,4 +62,24 @@ export function peerCloseReceived(ws: WebSocket): boolean {
 /** The TCP socket of a connection, once its handshake is done. */
 export function tcpSocketOf(ws: WebSocket): Socket | null {
   return (ws as unknown as { _socket: Socket | null })._socket;
+}
+
+/** Node's `net.Socket` internals behind {@link sentBytes}. */
+interface NetInternals {
+  _bytesDispatched?: unknown;
+  _handle?: { writeQueueSize?: unknown } | null;
+}
+
+/**
+ * Bytes of a TCP socket the kernel has taken so far. Node counts a write as done only when all
+ * of it is taken, so one large write in progress would look stuck for as long as it lasts;
+ * libuv's count of what it still holds (`writeQueueSize`) shows it moving. Without those
+ * fields, the public count of completed writes.
+ */
+export function sentBytes(socket: Socket): number {
+  const net = socket as unknown as NetInternals;
+  const dispatched = net._bytesDispatched;
+  const queued = net._handle?.writeQueueSize;
+  if (typeof dispatched === 'number' && typeof queued === 'number') return dispatched - queued;
+  return socket.bytesWritten - socket.writableLength;
 }

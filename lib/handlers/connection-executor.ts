@@ -29,6 +29,11 @@ export interface ExecutorRoute {
   readonly keepUpgradeRequest: boolean;
   /** Runs a lifecycle hook, containing its errors; resolves when it is done. */
   runHook(handler: BoundHandler, conn: WsConnection, payload: unknown): Promise<void>;
+  /**
+   * Told when a closed connection starts (`true`) and stops (`false`) waiting for its
+   * accepted messages, so that a shutdown can wait for them too.
+   */
+  awaitingClose(executor: ConnectionExecutor, waiting: boolean): void;
   /** Told of every `@OnClose` run, so the route can wait for them at shutdown. */
   closing(run: Promise<void>): void;
 }
@@ -72,6 +77,8 @@ interface Extras {
   peerClose?: { code: number | undefined; reason: Buffer | string | undefined };
   /** Bounds the waits above by `closeTimeout`. */
   closeTimer?: NodeJS.Timeout;
+  /** `closeTimeout` passed once already: a close after it does not wait again. */
+  waitedOut?: boolean;
   /** The close code sent after a protocol error (1002, 1007, 1009). */
   protocolErrorCode?: number;
   subscriptions?: Set<Subscription>;
@@ -82,6 +89,8 @@ interface Extras {
 /** Holds the queue for an Observable reply until its handler returned (or it emitted). */
 interface ReplyGate {
   handlerReturned(result: unknown): void;
+  /** Lets the queue move on now (the stream was torn down). */
+  release(): void;
 }
 
 /**
@@ -303,6 +312,7 @@ export class ConnectionExecutor implements HandlerProgress {
       if (!subscribing) this.settle();
     };
     const gate: ReplyGate = {
+      release,
       handlerReturned: (result) => {
         if (isThenable(result)) {
           // Interceptors see the value a microtask after it settles; let them send it first.
@@ -363,17 +373,25 @@ export class ConnectionExecutor implements HandlerProgress {
       this.process(data, isBinary);
     }
     if (queue && queue.items.length === 0 && this.queue === queue) this.queue = undefined;
-    if (this.state !== IDLE && this.state !== FAILED) return;
-    if (this.paused) {
+    if (this.paused && this.belowHalf()) {
       this.paused = false;
       this.conn.socket.resume();
     }
+    if (this.state !== IDLE && this.state !== FAILED) return;
     const extras = this.extras;
     if (!extras) return;
     if (extras.closeWhenIdle)
       this.conn.close(extras.closeWhenIdle.code, extras.closeWhenIdle.reason);
     if (extras.peerClose) this.answerPeerClose();
     if (extras.closed) this.runClose();
+  }
+
+  /** The waiting queue is down to half of both caps: reading may resume. */
+  private belowHalf(): boolean {
+    const { queue } = this;
+    if (!queue) return true;
+    const { maxQueuedMessages, maxQueuedBytes } = this.route;
+    return queue.items.length < maxQueuedMessages && queue.bytes < maxQueuedBytes / 2;
   }
 
   private get settled(): boolean {
@@ -409,13 +427,19 @@ export class ConnectionExecutor implements HandlerProgress {
       for (const subscription of extras.subscriptions) subscription.unsubscribe();
       extras.subscriptions = undefined;
     }
+    // A torn-down stream emits nothing more: it no longer holds the queue.
+    extras.gate?.release();
     if (this.paused) {
       this.paused = false;
       this.conn.socket.resume();
     }
-    if (this.state === FAILED) this.dropQueue();
-    if (this.settled) this.runClose();
-    else this.startCloseTimer();
+    if (this.state === FAILED || extras.waitedOut) this.dropQueue();
+    if (this.settled || extras.waitedOut) {
+      this.runClose();
+    } else {
+      this.route.awaitingClose(this, true);
+      this.startCloseTimer();
+    }
   }
 
   private startCloseTimer(): void {
@@ -425,15 +449,20 @@ export class ConnectionExecutor implements HandlerProgress {
     extras.closeTimer.unref();
   }
 
-  /** A handler accepted before the close has not finished within `closeTimeout`. */
-  private closeTimedOut(): void {
+  /**
+   * A handler accepted before the close has not finished within `closeTimeout` (or the
+   * application is shutting down and cannot wait longer): the close goes on without it.
+   */
+  closeTimedOut(): void {
     const extras = this.more;
+    clearTimeout(extras.closeTimer);
     extras.closeTimer = undefined;
+    extras.waitedOut = true;
     const { route, conn } = this;
     const waiting = this.queue ? this.queue.items.length / 2 : 0;
     route.logger.warn(
-      `${route.name}: a handler of connection ${conn.id} was still running ${route.closeTimeout} ms after ` +
-        `the close${waiting ? ` (${waiting} message(s) not handled)` : ''}; closing without waiting`,
+      `${route.name}: a handler of connection ${conn.id} was still running after the close; ` +
+        `closing without waiting${waiting ? ` (${waiting} message(s) not handled)` : ''}`,
     );
     if (extras.peerClose) this.answerPeerClose();
     if (extras.closed) {
@@ -446,6 +475,7 @@ export class ConnectionExecutor implements HandlerProgress {
     if ((this.flags & CLOSE_RAN) !== 0) return;
     this.flags |= CLOSE_RAN;
     this.state = CLOSED;
+    this.route.awaitingClose(this, false);
     const extras = this.more;
     clearTimeout(extras.closeTimer);
     extras.closeTimer = undefined;

@@ -19,6 +19,7 @@ import {
   type Observable,
 } from 'rxjs';
 import type { WsConnection } from '../connection/ws-connection.js';
+import { isThenable } from './error-policy.js';
 import type { HandlerProgress, HandshakeInvoker, WsInvoker } from './ws-handler-factory.js';
 
 /** One parameter of a handler: where its value comes from and the pipes it goes through. */
@@ -228,12 +229,4 @@ function flatten(result: Observable<unknown> | Promise<Observable<unknown>>): Ob
 async function settle(answer: unknown): Promise<unknown> {
   const value = await answer;
   return isObservable(value) ? lastValueFrom(value) : value;
-}
-
-function isThenable(value: unknown): value is PromiseLike<unknown> {
-  return (
-    value !== null &&
-    (typeof value === 'object' || typeof value === 'function') &&
-    typeof (value as PromiseLike<unknown>).then === 'function'
-  );
 }

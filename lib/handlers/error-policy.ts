@@ -108,7 +108,12 @@ export function closeReasonOf(error: WsException | HttpException): string {
 }
 
 export function stackOf(error: unknown): string | undefined {
-  return error instanceof Error ? error.stack : String(error);
+  if (error instanceof Error) return error.stack;
+  try {
+    return String(error);
+  } catch {
+    return 'an error that cannot be printed';
+  }
 }
 
 export function isThenable(value: unknown): value is PromiseLike<unknown> {

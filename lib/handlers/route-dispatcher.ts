@@ -68,6 +68,8 @@ export interface RouteDispatcherOptions {
  */
 export class RouteDispatcher implements OutboundEvents, ExecutorRoute {
   private readonly pendingCloses = new Set<Promise<void>>();
+  /** Closed connections whose `@OnClose` waits for their accepted messages. */
+  private readonly awaitingCloses = new Set<ConnectionExecutor>();
   readonly router: MessageRouter;
   readonly errors: ErrorPolicy;
   readonly rateLimiter: RateLimiter | undefined;
@@ -149,9 +151,21 @@ export class RouteDispatcher implements OutboundEvents, ExecutorRoute {
     if (handler) void this.runHook(handler, conn, payload);
   }
 
-  /** Resolves when every `@OnClose` that has started has finished. */
-  async settled(): Promise<void> {
+  /**
+   * Resolves when the `@OnClose` of every closed connection has finished. Connections whose
+   * accepted messages are still being handled get until `deadline`; then their `@OnClose` runs
+   * without waiting longer.
+   */
+  async settled(deadline: number): Promise<void> {
+    while (this.awaitingCloses.size && Date.now() < deadline) await pause(10);
+    for (const executor of [...this.awaitingCloses]) executor.closeTimedOut();
     while (this.pendingCloses.size) await Promise.allSettled([...this.pendingCloses]);
+  }
+
+  /** @internal `ExecutorRoute` */
+  awaitingClose(executor: ConnectionExecutor, waiting: boolean): void {
+    if (waiting) this.awaitingCloses.add(executor);
+    else this.awaitingCloses.delete(executor);
   }
 
   /** @internal `ExecutorRoute` */
@@ -220,4 +234,8 @@ function closeCodeOf(error: Error): number | undefined {
   if (code === 'WS_ERR_TOO_MANY_BUFFERED_PARTS') return CloseCode.PolicyViolation;
   if (code.startsWith('WS_ERR_')) return CloseCode.ProtocolError;
   return undefined;
+}
+
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
