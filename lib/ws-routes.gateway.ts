@@ -254,15 +254,19 @@ export class WsRoutesGateway
       for (const conn of stuck) conn.terminate('Shutdown timeout');
       await within(closed, Date.now() + 1000);
     }
-    // @OnClose of connections still handling messages waits for them until the deadline.
+    // @OnClose of connections still handling messages waits for them until the deadline; then
+    // it runs without them, and the @OnClose handlers themselves get a last second.
     const handlersDone = Promise.all(
       this.routes.map((route) => route.dispatcher.settled(deadline)),
     );
-    if (!(await within(handlersDone, Math.max(deadline, Date.now() + 100)))) {
+    if (!(await within(handlersDone, Math.max(deadline, Date.now()) + ON_CLOSE_GRACE))) {
       this.logger.warn('@OnClose handlers were still running when the shutdown timeout expired');
     }
   }
 }
+
+/** How long `app.close()` waits for `@OnClose` handlers past the shutdown deadline (ms). */
+const ON_CLOSE_GRACE = 1000;
 
 function whenClosed(conn: WsConnection): Promise<void> {
   if (conn.readyState === WsConnection.CLOSED) return Promise.resolve();

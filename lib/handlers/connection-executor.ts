@@ -427,8 +427,10 @@ export class ConnectionExecutor implements HandlerProgress {
       for (const subscription of extras.subscriptions) subscription.unsubscribe();
       extras.subscriptions = undefined;
     }
-    // A torn-down stream emits nothing more: it no longer holds the queue.
+    // A torn-down stream emits nothing more: it no longer holds the queue (and releasing it
+    // may run what waited, up to @OnClose itself).
     extras.gate?.release();
+    if ((this.flags & CLOSE_RAN) !== 0) return;
     if (this.paused) {
       this.paused = false;
       this.conn.socket.resume();
