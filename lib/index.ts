@@ -69,5 +69,6 @@ export type { BroadcastPacket } from './broadcast/broadcast-packet.interface.js'
 export type {
   BroadcastTransport,
   LocalDelivery,
+  TransportBinding,
 } from './broadcast/broadcast-transport.interface.js';
 export { MemoryBroadcastTransport } from './broadcast/memory-broadcast.transport.js';

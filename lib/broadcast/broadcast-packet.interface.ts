@@ -4,6 +4,8 @@
  * processes as it is.
  */
 export interface BroadcastPacket {
+  /** Id of the instance that sent it (`BroadcastService.instanceId`). */
+  origin: string;
   /** Route patterns whose connections receive it. */
   routes?: string[];
   /** Rooms whose members receive it. */

@@ -1,15 +1,11 @@
-import type { BroadcastPacket } from './broadcast-packet.interface.js';
-import type { BroadcastTransport, LocalDelivery } from './broadcast-transport.interface.js';
+import type { BroadcastTransport } from './broadcast-transport.interface.js';
 
-/** The default transport: broadcasts reach the connections of this process only. */
+/**
+ * The default transport, for a single instance: `BroadcastService` has already delivered to
+ * this process's connections, and there is no other instance to carry a packet to.
+ */
 export class MemoryBroadcastTransport implements BroadcastTransport {
-  private deliver: LocalDelivery = () => 0;
+  bind(): void {}
 
-  bind(deliverLocally: LocalDelivery): void {
-    this.deliver = deliverLocally;
-  }
-
-  publish(packet: BroadcastPacket): number {
-    return this.deliver(packet);
-  }
+  publish(): void {}
 }
