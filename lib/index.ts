@@ -58,17 +58,38 @@ export {
   type WsQueryParams,
 } from './connection/ws-connection.js';
 export { WsConnectionRegistry } from './connection/ws-connection-registry.js';
+export type { UserIdOf } from './connection/user-key.js';
 export { HEARTBEAT_TIMEOUT_REASON } from './connection/heartbeat.js';
 
 // Handlers
 export { WsRoutesExceptionFilter } from './handlers/ws-routes-exception-filter.js';
 
 // Broadcast
-export { BroadcastService, BroadcastOperator } from './broadcast/broadcast.service.js';
-export type { BroadcastPacket } from './broadcast/broadcast-packet.interface.js';
+export {
+  BroadcastService,
+  BroadcastOperator,
+  type BroadcastCount,
+  type BroadcastCountOptions,
+} from './broadcast/broadcast.service.js';
+export {
+  instanceOfConnection,
+  type BroadcastAction,
+  type BroadcastPacket,
+} from './broadcast/broadcast-packet.interface.js';
 export type {
   BroadcastTransport,
-  LocalDelivery,
+  MembershipKind,
+  RemoteCount,
   TransportBinding,
 } from './broadcast/broadcast-transport.interface.js';
+export {
+  decodeFrame,
+  encodePacket,
+  encodeCountRequest,
+  encodeControl,
+  PacketFormatError,
+  WIRE_FORMAT_VERSION,
+  type WireFrame,
+  type ControlMessage,
+} from './broadcast/wire-format.js';
 export { MemoryBroadcastTransport } from './broadcast/memory-broadcast.transport.js';

@@ -2,9 +2,19 @@ import type { WsConnection } from '../connection/ws-connection.js';
 import type { WsConnectionRegistry } from '../connection/ws-connection-registry.js';
 import { frameMessage } from '../connection/outbound.js';
 import { isForEveryone, type BroadcastPacket } from './broadcast-packet.interface.js';
-import type { LocalDelivery } from './broadcast-transport.interface.js';
 
 const OPEN = 1;
+
+/** Applies packets to this process's connections. */
+export interface LocalDelivery {
+  /**
+   * Delivers a message packet, or applies an action packet, to the connections it addresses
+   * here; returns how many it reached.
+   */
+  deliver(packet: BroadcastPacket): number;
+  /** How many open connections of this process the packet addresses. */
+  count(packet: BroadcastPacket): number;
+}
 
 /**
  * Delivers packets to this process's connections. The payload is turned into bytes and framed
@@ -13,21 +23,54 @@ const OPEN = 1;
  * message once.
  */
 export function createLocalDelivery(registry: WsConnectionRegistry): LocalDelivery {
-  return (packet) => {
-    const payload =
-      typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
-    const { binary } = packet;
-    const volatile = packet.volatile ?? false;
-    const except = packet.except?.length ? connectionsOf(registry, packet.except) : undefined;
-    let frame: Buffer | undefined;
-    let delivered = 0;
-    for (const conn of recipients(registry, packet)) {
-      if (conn.readyState !== OPEN || except?.has(conn)) continue;
-      frame ??= frameMessage(payload, binary);
-      if (conn.deliver(payload, binary, frame, volatile)) delivered++;
-    }
-    return delivered;
+  return {
+    deliver: (packet) =>
+      packet.action ? applyAction(registry, packet) : deliverMessage(registry, packet),
+    count: (packet) => {
+      let count = 0;
+      forEachRecipient(registry, packet, () => count++);
+      return count;
+    },
   };
+}
+
+function deliverMessage(registry: WsConnectionRegistry, packet: BroadcastPacket): number {
+  const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
+  const { binary } = packet;
+  const volatile = packet.volatile ?? false;
+  const except = packet.except?.length ? connectionsOf(registry, packet.except) : undefined;
+  let frame: Buffer | undefined;
+  let delivered = 0;
+  for (const conn of recipients(registry, packet)) {
+    if (conn.readyState !== OPEN || except?.has(conn)) continue;
+    frame ??= frameMessage(payload, binary);
+    if (conn.deliver(payload, binary, frame, volatile)) delivered++;
+  }
+  return delivered;
+}
+
+/** Joins, leaves or closes: on a copy of the recipients, since their sets change meanwhile. */
+function applyAction(registry: WsConnectionRegistry, packet: BroadcastPacket): number {
+  const targets: WsConnection[] = [];
+  forEachRecipient(registry, packet, (conn) => targets.push(conn));
+  const action = packet.action!;
+  for (const conn of targets) {
+    if (action.type === 'join') conn.join(...action.rooms);
+    else if (action.type === 'leave') conn.leave(...action.rooms);
+    else conn.close(action.code, action.reason);
+  }
+  return targets.length;
+}
+
+function forEachRecipient(
+  registry: WsConnectionRegistry,
+  packet: BroadcastPacket,
+  visit: (conn: WsConnection) => void,
+): void {
+  const except = packet.except?.length ? connectionsOf(registry, packet.except) : undefined;
+  for (const conn of recipients(registry, packet)) {
+    if (conn.readyState === OPEN && !except?.has(conn)) visit(conn);
+  }
 }
 
 function recipients(
@@ -38,6 +81,7 @@ function recipients(
   const groups: Iterable<WsConnection>[] = [];
   for (const route of packet.routes ?? []) groups.push(registry.byRoute(route));
   for (const room of packet.rooms ?? []) groups.push(registry.inRoom(room));
+  for (const user of packet.users ?? []) groups.push(registry.byUser(user));
   if (packet.connections?.length) groups.push(connectionsOf(registry, packet.connections));
   if (groups.length === 1) return groups[0];
   const union = new Set<WsConnection>();

@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { WebSocket } from 'ws';
 import { CloseCode } from '../ws-routes.constants.js';
@@ -7,9 +7,16 @@ import { frameParts, type OutboundPolicy } from './outbound.js';
 import type { RoutesWebSocket, SocketOwner } from './routes-websocket.js';
 import { truncateCloseReason } from './truncate-utf8.js';
 
-/** @internal Where a connection's id and room changes are recorded: the `WsConnectionRegistry`. */
+/**
+ * @internal Where a connection's id, room and user changes are recorded: the
+ * `WsConnectionRegistry`.
+ */
 export interface ConnectionIndex {
+  /** The id of this process among the instances: the first part of every connection id. */
+  readonly instanceId: string;
   indexId(conn: WsConnection, id: string): void;
+  /** Reads the connection's user id again. */
+  identify(conn: WsConnection): void;
   joinRoom(conn: WsConnection, room: string): void;
   leaveRoom(conn: WsConnection, room: string): void;
 }
@@ -82,11 +89,13 @@ function withoutHandshakeHeaders(headers: IncomingHttpHeaders): IncomingHttpHead
 }
 
 /**
- * A random UUID as one flat string. `randomUUID()` returns a rope of 14 concatenated pieces
- * (about 480 bytes of heap); copied once, the id costs 56.
+ * `<instanceId>.<16 random URL-safe characters>` (96 bits), as one flat string: the instance
+ * part lets a transport send a message for one connection to its instance only.
  */
-function newConnectionId(): string {
-  return Buffer.from(randomUUID(), 'latin1').toString('latin1');
+function newConnectionId(instanceId: string): string {
+  return Buffer.from(`${instanceId}.${randomBytes(12).toString('base64url')}`, 'latin1').toString(
+    'latin1',
+  );
 }
 
 /**
@@ -179,13 +188,14 @@ export class WsConnection<TData extends object = Record<string, any>> implements
   }
 
   /**
-   * Unique id (a UUID) for `BroadcastService.toConnection(id)`, `except(id)` and
-   * `registry.get(id)`. Made the first time it is read: connections nobody asks about cost no
-   * id (about 90 bytes each with its index entry).
+   * Unique id for `BroadcastService.toConnection(id)`, `except(id)` and `registry.get(id)`:
+   * `<instanceId>.<random>` (29 URL-safe characters, unguessable), valid on every instance
+   * that shares the broadcast transport. Made the first time it is read: connections nobody
+   * asks about cost no id (about 90 bytes each with its index entry).
    */
   get id(): string {
     if (this.id_ === undefined) {
-      this.id_ = newConnectionId();
+      this.id_ = newConnectionId(this.shared.rooms.instanceId);
       this.shared.rooms.indexId(this, this.id_);
     }
     return this.id_;
@@ -217,6 +227,11 @@ export class WsConnection<TData extends object = Record<string, any>> implements
     this.request_ = undefined;
   }
 
+  /** @internal `@OnOpen` has finished: what it put in `data.user` now counts. */
+  opened(): void {
+    this.shared.rooms.identify(this);
+  }
+
   /** Per-connection state of the application (the authenticated user, preferences, …). */
   get data(): TData {
     return (this.data_ ??= {} as TData);
@@ -229,12 +244,17 @@ export class WsConnection<TData extends object = Record<string, any>> implements
    * The authenticated user, kept in `data.user`: what a handshake guard put in
    * `request.user`, or what a guard assigns here per message (`getClient().user = …`, or
    * `switchToHttp().getRequest().user = …` as `@nestjs/passport`'s `AuthGuard` does).
+   *
+   * It makes the connection one of that user's (`BroadcastService.toUser(id)`,
+   * `registry.byUser(id)`): the user id is read when the connection opens, after `@OnOpen`, and
+   * whenever this property is assigned (assign it, rather than `data.user`, after `@OnOpen`).
    */
   get user(): unknown {
     return (this.data_ as { user?: unknown } | undefined)?.user;
   }
   set user(value: unknown) {
     (this.data as { user?: unknown }).user = value;
+    this.shared.rooms.identify(this);
   }
 
   /** The negotiated subprotocol, or `''`. */

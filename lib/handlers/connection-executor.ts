@@ -188,8 +188,10 @@ export class ConnectionExecutor implements HandlerProgress {
     this.settle();
   }
 
+  /** `@OnOpen` has finished (or there is none): the request goes, the user id is read again. */
   private releaseRequest(): void {
     if (!this.route.keepUpgradeRequest) this.conn.releaseRequest();
+    this.conn.opened();
   }
 
   /** A message arrived. */

@@ -1,5 +1,6 @@
 import type { PerMessageDeflateOptions } from 'ws';
 import type { BroadcastTransport } from '../broadcast/broadcast-transport.interface.js';
+import type { UserIdOf } from '../connection/user-key.js';
 import type {
   HandshakeGuard,
   OriginPolicy,
@@ -29,6 +30,13 @@ export interface WsRoutesModuleOptions {
    * to reach the connections of every instance.
    */
   broadcastTransport?: BroadcastTransport;
+  /**
+   * Which user a connection belongs to, for `BroadcastService.toUser()` and
+   * `registry.byUser()`. Default: `conn.user` (what a handshake guard put in `request.user`)
+   * when it is a string or number, else its `id`, else its `sub`. Return `undefined` for none.
+   * Read when the connection opens, after `@OnOpen`, and whenever `conn.user` is assigned.
+   */
+  userId?: UserIdOf;
   /** Browser origins allowed to connect. Default: same origin only. */
   origins?: OriginPolicy;
   /** Guards run at the upgrade of every route, after the origin check. */

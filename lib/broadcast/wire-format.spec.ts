@@ -1,0 +1,91 @@
+import {
+  decodeFrame,
+  encodeControl,
+  encodeCountRequest,
+  encodePacket,
+  PacketFormatError,
+  WIRE_FORMAT_VERSION,
+} from './wire-format.js';
+import type { BroadcastPacket } from './broadcast-packet.interface.js';
+
+describe('wire format', () => {
+  const full: BroadcastPacket = {
+    origin: 'abcDEF012_-x',
+    serial: 4_000_000_000,
+    routes: ['/live/:id'],
+    rooms: ['lobby', 'zimmer-ü', ''],
+    users: ['42'],
+    connections: ['abcDEF012_-x.0123456789abcdef'],
+    except: [],
+    payload: Buffer.from([0, 255, 1, 2]),
+    binary: true,
+    volatile: true,
+  };
+
+  it('carries every field of a packet, bytes intact, and keeps empty and absent lists apart', () => {
+    const frame = decodeFrame(encodePacket(full));
+    expect(frame.kind).toBe('packet');
+    const packet = (frame as { packet: BroadcastPacket }).packet;
+    expect({ ...packet, payload: [...(packet.payload as Buffer)] }).toEqual({
+      ...full,
+      payload: [0, 255, 1, 2],
+    });
+    const bare = decodeFrame(encodePacket({ origin: 'o', payload: 'héllo', binary: false }));
+    const decoded = (bare as { packet: BroadcastPacket }).packet;
+    expect(decoded.rooms).toBeUndefined();
+    expect(decoded.except).toBeUndefined();
+    expect(decoded.volatile).toBeUndefined();
+    expect(decoded.binary).toBe(false);
+    expect(decoded.payload.toString()).toBe('héllo');
+  });
+
+  it('carries actions and count requests', () => {
+    for (const action of [
+      { type: 'join', rooms: ['a', 'b'] },
+      { type: 'leave', rooms: ['a'] },
+      { type: 'disconnect', code: 4001, reason: 'Logged out' },
+    ] as const) {
+      const frame = decodeFrame(
+        encodePacket({ origin: 'o', users: ['7'], payload: '', binary: false, action }),
+      );
+      expect((frame as { packet: BroadcastPacket }).packet.action).toEqual(action);
+    }
+    const request = decodeFrame(
+      encodeCountRequest('r-1', { origin: 'o', rooms: ['x'], payload: '', binary: false }),
+    );
+    expect(request).toMatchObject({
+      kind: 'count-request',
+      request: 'r-1',
+      packet: { rooms: ['x'] },
+    });
+    const control = decodeFrame(
+      encodeControl({ type: 'count-reply', request: 'r-1', instance: 'i', count: 3 }),
+    );
+    expect(control).toEqual({
+      kind: 'control',
+      control: { type: 'count-reply', request: 'r-1', instance: 'i', count: 3 },
+    });
+  });
+
+  it('reads a frame with fields a later minor version appended', () => {
+    const bytes = Buffer.concat([encodePacket(full), Buffer.from('future fields')]);
+    expect((decodeFrame(bytes) as { packet: BroadcastPacket }).packet.rooms).toEqual(full.rooms);
+  });
+
+  it('refuses another major version, foreign bytes and truncated frames loudly', () => {
+    const other = encodePacket(full);
+    other[2] = WIRE_FORMAT_VERSION + 1;
+    expect(() => decodeFrame(other)).toThrow(PacketFormatError);
+    expect(() => decodeFrame(other)).toThrow(/version 2/);
+    expect(() => decodeFrame(Buffer.from('{"json":true}'))).toThrow(/not a nestjs-ws-routes/);
+    const bytes = encodePacket(full);
+    for (let cut = 4; cut < bytes.length; cut += 7)
+      expect(() => decodeFrame(bytes.subarray(0, cut))).toThrow(PacketFormatError);
+  });
+
+  it('refuses names longer than the format holds at the call site', () => {
+    expect(() =>
+      encodePacket({ origin: 'o', rooms: ['x'.repeat(70_000)], payload: '', binary: false }),
+    ).toThrow(RangeError);
+  });
+});
