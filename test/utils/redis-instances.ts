@@ -1,0 +1,279 @@
+import { ChannelNames } from '../../lib/redis/channel-names.js';
+import type { BroadcastCount, MembershipKind } from '../../lib/index.js';
+import type { ConnectionInfo, InstanceStats, WireTarget } from '../fixtures/redis-instance.js';
+import { startChildApp, type ChildApp } from './child-app.js';
+import { pubsubNumsub, shardNumsub, type RedisCluster, type RedisServer } from './redis-server.js';
+import { delay, TestClient } from './ws-client.js';
+
+/** The fixture every instance runs. */
+export const REDIS_INSTANCE_FIXTURE = 'test/fixtures/redis-instance.ts';
+
+/** Where the instances meet: one standalone server, or a cluster (sharded pub/sub). */
+export type RedisTopology = { server: RedisServer } | { cluster: RedisCluster };
+
+/** Options of {@link startInstance} and {@link startInstances}. */
+export interface InstanceOptions {
+  /** Which Redis the instances use; none: the in-memory transport (each one alone). */
+  redis?: RedisTopology;
+  /** `KEY_PREFIX` (default `ws-e2e`). */
+  keyPrefix?: string;
+  /** `LINGER`, `HEARTBEAT_INTERVAL`, `PROBE_INTERVAL` in ms, when given. */
+  linger?: number;
+  heartbeatInterval?: number;
+  probeInterval?: number;
+  /** More environment for the child. */
+  env?: Record<string, string>;
+}
+
+/** A client of one instance, with everything it received, in order. */
+export interface Peer {
+  readonly name: string;
+  /** Its connection id (`<instanceId>.<random>`), as the instance reported it. */
+  readonly id: string;
+  readonly instance: Instance;
+  readonly client: TestClient;
+  /** Every message it received, text as is, binary as `bin:<hex>`. */
+  readonly seen: string[];
+  /** Resolves with the close code and reason the server sent. */
+  readonly closed: Promise<{ code: number; reason: string }>;
+}
+
+/** One app instance in its own process, running test/fixtures/redis-instance.ts. */
+export class Instance {
+  readonly peers: Peer[] = [];
+
+  constructor(
+    readonly app: ChildApp,
+    readonly instanceId: string,
+  ) {}
+
+  /** Sends to `target` from this instance; resolves with its local deliveries. */
+  broadcast(target: WireTarget | undefined, message: unknown, volatile?: boolean): Promise<number> {
+    return this.app.request('broadcast', { target, message, volatile });
+  }
+
+  /** Sends `${prefix}1` .. `${prefix}${count}` to `target` in one event-loop turn. */
+  broadcastMany(target: WireTarget | undefined, count: number, prefix = ''): Promise<number> {
+    return this.app.request('broadcastMany', { target, count, prefix });
+  }
+
+  /** Starts sending `${prefix}1`, `${prefix}2`, ... to `target` every `every` ms. */
+  startLoop(target: WireTarget | undefined, every: number, prefix = ''): Promise<string> {
+    return this.app.request('startLoop', { target, every, prefix });
+  }
+
+  /** Stops the loop; resolves with how many it sent. */
+  stopLoop(): Promise<number> {
+    return this.app.request('stopLoop');
+  }
+
+  join(target: WireTarget | undefined, ...rooms: string[]): Promise<number> {
+    return this.app.request('join', { target, rooms });
+  }
+
+  leave(target: WireTarget | undefined, ...rooms: string[]): Promise<number> {
+    return this.app.request('leave', { target, rooms });
+  }
+
+  disconnect(target: WireTarget | undefined, code?: number, reason?: string): Promise<number> {
+    return this.app.request('disconnect', { target, code, reason });
+  }
+
+  count(target: WireTarget | undefined, timeout?: number): Promise<BroadcastCount> {
+    return this.app.request('count', { target, timeout }, (timeout ?? 1000) + 5000);
+  }
+
+  stats(): Promise<InstanceStats> {
+    return this.app.request('stats');
+  }
+
+  ids(): Promise<ConnectionInfo[]> {
+    return this.app.request('ids');
+  }
+
+  /**
+   * Opens `path?name=<name>[&user=<user>]` and resolves once this instance lists the
+   * connection (its `@OnOpen` ran: a room route has joined its room).
+   */
+  async connect(path: string, name: string, user?: string): Promise<Peer> {
+    const query = new URLSearchParams({ name, ...(user ? { user } : {}) });
+    const client = await TestClient.open(this.app.url(`${path}?${query}`));
+    const seen: string[] = [];
+    client.socket.on('message', (data: Buffer, isBinary: boolean) =>
+      seen.push(isBinary ? `bin:${data.toString('hex')}` : data.toString()),
+    );
+    const info = await waitFor(
+      async () => (await this.ids()).find((conn) => conn.name === name),
+      3000,
+      `${name} listed by instance ${this.instanceId}`,
+    );
+    const peer: Peer = { name, id: info.id, instance: this, client, seen, closed: client.closed };
+    this.peers.push(peer);
+    return peer;
+  }
+
+  /** Closes this instance's clients (those still open). */
+  async closePeers(): Promise<void> {
+    await Promise.all(
+      this.peers.map((peer) =>
+        peer.client.socket.readyState === peer.client.socket.CLOSED
+          ? undefined
+          : within(peer.client.close(), 1000, `${peer.name} to close`).catch(() => undefined),
+      ),
+    );
+  }
+}
+
+/** Starts one instance. */
+export async function startInstance(options: InstanceOptions = {}): Promise<Instance> {
+  const app = await startChildApp(REDIS_INSTANCE_FIXTURE, { env: instanceEnv(options) });
+  try {
+    const instanceId = await app.request<string>('instanceId');
+    return new Instance(app, instanceId);
+  } catch (error) {
+    await app.stop();
+    throw error;
+  }
+}
+
+/** Starts `count` instances at once. If one fails to start, stops the others and rejects. */
+export async function startInstances(
+  count: number,
+  options: InstanceOptions = {},
+): Promise<Instance[]> {
+  const results = await Promise.allSettled(
+    Array.from({ length: count }, () => startInstance(options)),
+  );
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    await stopInstances(results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : [])));
+    throw failed.reason;
+  }
+  return results.map((r) => (r as PromiseFulfilledResult<Instance>).value);
+}
+
+/** Closes the instances' clients and stops the processes (SIGTERM, then SIGKILL). */
+export async function stopInstances(instances: (Instance | undefined)[]): Promise<void> {
+  await Promise.all(
+    instances.map(async (instance) => {
+      if (!instance) return;
+      if (instance.app.alive()) await instance.closePeers();
+      await instance.app.stop();
+    }),
+  );
+}
+
+function instanceEnv(options: InstanceOptions): Record<string, string> {
+  const env: Record<string, string> = { KEY_PREFIX: options.keyPrefix ?? 'ws-e2e' };
+  // Not the parent's: a test runner started with REDIS_URL set must not leak it in.
+  env.REDIS_URL = '';
+  env.REDIS_CLUSTER = '';
+  if (options.redis && 'server' in options.redis) env.REDIS_URL = options.redis.server.url;
+  if (options.redis && 'cluster' in options.redis)
+    env.REDIS_CLUSTER = JSON.stringify(options.redis.cluster.rootNodes.map((node) => node.url));
+  if (options.linger !== undefined) env.LINGER = String(options.linger);
+  if (options.heartbeatInterval !== undefined)
+    env.HEARTBEAT_INTERVAL = String(options.heartbeatInterval);
+  if (options.probeInterval !== undefined) env.PROBE_INTERVAL = String(options.probeInterval);
+  return { ...env, ...options.env };
+}
+
+/**
+ * Runs `body` and fails with the crashed child's stderr if any of the instances dies
+ * meanwhile (see `ChildApp.whileAlive`).
+ */
+export function whileAllAlive<T>(instances: Instance[], body: () => Promise<T>): Promise<T> {
+  return instances.reduce<() => Promise<T>>(
+    (inner, instance) => () => instance.app.whileAlive(inner),
+    body,
+  )();
+}
+
+/** The channel names of a key prefix (lib/redis/channel-names.ts). */
+export function channels(keyPrefix = 'ws-e2e'): ChannelNames {
+  return new ChannelNames(keyPrefix);
+}
+
+/** A member channel's name, for subscriber counts. */
+export function memberChannel(kind: MembershipKind, name: string, keyPrefix = 'ws-e2e'): string {
+  return channels(keyPrefix).member(kind, name);
+}
+
+/**
+ * Subscriber counts of `names`: `PUBSUB NUMSUB` on a standalone server, `PUBSUB SHARDNUMSUB`
+ * summed over the nodes of a cluster (the transport uses sharded pub/sub there).
+ */
+export function numsub(redis: RedisTopology, names: string[]): Promise<Record<string, number>> {
+  return 'server' in redis ? pubsubNumsub(redis.server, names) : shardNumsub(redis.cluster, names);
+}
+
+/** Waits until every channel of `expected` has exactly that many subscribers. */
+export async function waitForSubscribers(
+  redis: RedisTopology,
+  expected: Record<string, number>,
+  timeout = 5000,
+): Promise<void> {
+  const names = Object.keys(expected);
+  let last: Record<string, number> = {};
+  try {
+    await waitFor(
+      async () => {
+        last = await numsub(redis, names);
+        return names.every((name) => last[name] === expected[name]) || undefined;
+      },
+      timeout,
+      'subscriber counts',
+    );
+  } catch (error) {
+    const diff = names
+      .filter((name) => last[name] !== expected[name])
+      .map((name) => `${name}: ${last[name]} (expected ${expected[name]})`);
+    (error as Error).message += `\n${diff.join('\n')}`;
+    throw error;
+  }
+}
+
+/**
+ * Polls `probe` every 20 ms until it resolves with something other than `undefined`
+ * (`false` counts as not yet), and resolves with that; rejects after `timeout` ms.
+ */
+export async function waitFor<T>(
+  probe: () => Promise<T | undefined | false> | T | undefined | false,
+  timeout: number,
+  what: string,
+): Promise<T> {
+  const deadline = Date.now() + timeout;
+  let lastError: unknown;
+  for (;;) {
+    try {
+      const value = await probe();
+      if (value !== undefined && value !== false) return value;
+    } catch (error) {
+      lastError = error;
+    }
+    if (Date.now() > deadline) {
+      const cause = lastError instanceof Error ? ` (last error: ${lastError.message})` : '';
+      throw new Error(`waited ${timeout} ms for ${what}${cause}`);
+    }
+    await delay(20);
+  }
+}
+
+/** Settles like `promise`, or rejects after `ms` (the timer is cleared either way). */
+export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`waited ${ms} ms for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** `1..n` as strings with a prefix: what a client should have received, in order. */
+export function numbered(count: number, prefix = ''): string[] {
+  return Array.from({ length: count }, (_, i) => `${prefix}${i + 1}`);
+}
+
+/** The numbers of the `${prefix}<n>` messages among `seen`, in arrival order. */
+export function numbersOf(seen: readonly string[], prefix: string): number[] {
+  return seen.filter((m) => m.startsWith(prefix)).map((m) => Number(m.slice(prefix.length)));
+}
