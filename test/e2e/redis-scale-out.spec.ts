@@ -192,6 +192,49 @@ describeRedis('Redis scale-out: three instances on one redis-server', () => {
     ]);
   });
 
+  it('more target channels than maxChannelsPerPacket (40 rooms): still only the members', async () => {
+    const rooms = ['red', 'blue', ...Array.from({ length: 38 }, (_, i) => `empty-${i}`)];
+    await expectDelivery(A, { rooms }, ['a2', 'a3', 'b2', 'b3', 'c2']);
+  });
+
+  it('broadcasts to different targets keep their order for a client in all of them', async () => {
+    // a2 (on A) is in red, is bob, is on /rooms/:room and has an id; sent from C.
+    const targets: WireTarget[] = [
+      { rooms: ['red'] },
+      { users: ['bob'] },
+      { route: '/rooms/:room' },
+      { connections: [peers.a2.id] },
+    ];
+    const prefix = `series${++sequence}:`;
+    const steps = numbered(40, prefix).map((message, i) => ({ target: targets[i % 4], message }));
+    await whileAllAlive(instances, async () => {
+      await C.broadcastSeries(steps);
+      await waitFor(() => numbersOf(peers.a2.seen, prefix).length >= 40, 5000, 'a2 to get 40');
+      await delay(150);
+    });
+    const to = (...kinds: number[]) =>
+      numbered(40)
+        .map(Number)
+        .filter((n) => kinds.includes((n - 1) % 4));
+    expect(numbersOf(peers.a2.seen, prefix)).toEqual(to(0, 1, 2, 3));
+    expect(numbersOf(peers.b2.seen, prefix)).toEqual(to(0, 2)); // red, route
+    expect(numbersOf(peers.c2.seen, prefix)).toEqual(to(1, 2)); // bob, route
+    expect(numbersOf(peers.b1.seen, prefix)).toEqual([]);
+  });
+
+  it('a binary message stays binary on the other instances', async () => {
+    const bytes = Buffer.from([0, 255, 1, 2, 0x7b]);
+    await whileAllAlive(instances, async () => {
+      expect(await C.broadcastBinary({ users: ['alice'] }, bytes)).toBe(0);
+      const expected = `bin:${bytes.toString('hex')}`;
+      await waitFor(
+        () => peers.a1.seen.includes(expected) && peers.b1.seen.includes(expected),
+        3000,
+        'a1 and b1 to get the bytes',
+      );
+    });
+  });
+
   it('count() adds up every instance', async () => {
     await whileAllAlive(instances, async () => {
       expect(await A.count(undefined)).toEqual({ count: 12, instances: 3, missing: [] });

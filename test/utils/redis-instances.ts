@@ -17,10 +17,11 @@ export interface InstanceOptions {
   redis?: RedisTopology;
   /** `KEY_PREFIX` (default `ws-e2e`). */
   keyPrefix?: string;
-  /** `LINGER`, `HEARTBEAT_INTERVAL`, `PROBE_INTERVAL` in ms, when given. */
+  /** `LINGER`, `HEARTBEAT_INTERVAL`, `PROBE_INTERVAL`, `PROBE_TIMEOUT` in ms, when given. */
   linger?: number;
   heartbeatInterval?: number;
   probeInterval?: number;
+  probeTimeout?: number;
   /** More environment for the child. */
   env?: Record<string, string>;
 }
@@ -50,6 +51,16 @@ export class Instance {
   /** Sends to `target` from this instance; resolves with its local deliveries. */
   broadcast(target: WireTarget | undefined, message: unknown, volatile?: boolean): Promise<number> {
     return this.app.request('broadcast', { target, message, volatile });
+  }
+
+  /** Sends these bytes (as a binary message) to `target`; resolves with local deliveries. */
+  broadcastBinary(target: WireTarget | undefined, bytes: Buffer): Promise<number> {
+    return this.app.request('broadcast', { target, hex: bytes.toString('hex') });
+  }
+
+  /** Sends each message to its own target, in this order, in one event-loop turn. */
+  broadcastSeries(steps: { target?: WireTarget; message: string }[]): Promise<number> {
+    return this.app.request('broadcastSeries', { steps });
   }
 
   /** Sends `${prefix}1` .. `${prefix}${count}` to `target` in one event-loop turn. */
@@ -175,6 +186,7 @@ function instanceEnv(options: InstanceOptions): Record<string, string> {
   if (options.heartbeatInterval !== undefined)
     env.HEARTBEAT_INTERVAL = String(options.heartbeatInterval);
   if (options.probeInterval !== undefined) env.PROBE_INTERVAL = String(options.probeInterval);
+  if (options.probeTimeout !== undefined) env.PROBE_TIMEOUT = String(options.probeTimeout);
   return { ...env, ...options.env };
 }
 
