@@ -47,7 +47,7 @@ export interface BroadcastTransport {
    * rejection) is counted and logged by `BroadcastService`, never thrown into the code that
    * called `send()`.
    */
-  publish(packet: BroadcastPacket): void | Promise<void>;
+  publish(packet: BroadcastPacket): void | Promise<unknown>;
   /**
    * This instance got its first member of a route, room or user: from now on it needs the
    * packets addressed to it. Called synchronously inside `join()` and the like; it must not

@@ -33,11 +33,12 @@ const HEADER = 4;
 const MAX_STR16 = 0xffff;
 const MAX_STR8 = 0xff;
 
-/** Messages between instances that are not broadcasts: presence and `count()` answers. */
+/** Messages between instances that are not broadcasts: presence, `count()` answers, probes. */
 export type ControlMessage =
   | { type: 'hello'; instance: string; interval: number }
   | { type: 'bye'; instance: string }
-  | { type: 'count-reply'; request: string; instance: string; count: number };
+  | { type: 'count-reply'; request: string; instance: string; count: number }
+  | { type: 'probe'; instance: string; n: number };
 
 /** A decoded frame of the wire format. */
 export type WireFrame =

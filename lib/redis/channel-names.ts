@@ -1,0 +1,51 @@
+import type { MembershipKind } from '../connection/ws-connection-registry.js';
+
+/**
+ * Names of the pub/sub channels of one deployment (one `keyPrefix`). Each is
+ * `<prefix>:{<kind>:<name>}`: the kind letter keeps a room, a user, a route and an instance of
+ * the same name apart, and the braces are a Redis Cluster hash tag, so each channel of sharded
+ * pub/sub lives on the shard of its own name.
+ *
+ * | channel | name | subscribed by |
+ * |---|---|---|
+ * | everyone | `<prefix>:{a}` | every instance |
+ * | control | `<prefix>:{c}` | every instance (presence, `count()` questions) |
+ * | instance | `<prefix>:{i:<instanceId>}` | that instance (its connections by id, answers, probes) |
+ * | route | `<prefix>:{p:<pattern>}` | instances with a connection of the route |
+ * | room | `<prefix>:{r:<room>}` | instances with a member of the room |
+ * | user | `<prefix>:{u:<user id>}` | instances with a connection of the user |
+ *
+ * A `}` in a name is written `\}` (and `\` as `\\`), so the hash tag always covers the whole
+ * name and two names never share a channel.
+ */
+export class ChannelNames {
+  readonly everyone: string;
+  readonly control: string;
+  private readonly head: string;
+
+  constructor(keyPrefix: string) {
+    if (/[{}]/.test(keyPrefix))
+      throw new TypeError(
+        `keyPrefix must not contain braces (it is outside the hash tag): ${keyPrefix}`,
+      );
+    this.head = `${keyPrefix}:{`;
+    this.everyone = `${this.head}a}`;
+    this.control = `${this.head}c}`;
+  }
+
+  /** The channel of one instance. */
+  instance(instanceId: string): string {
+    return `${this.head}i:${escape(instanceId)}}`;
+  }
+
+  /** The channel of a route, room or user. */
+  member(kind: MembershipKind, name: string): string {
+    return `${this.head}${KIND_LETTER[kind]}:${escape(name)}}`;
+  }
+}
+
+const KIND_LETTER: Record<MembershipKind, string> = { route: 'p', room: 'r', user: 'u' };
+
+function escape(name: string): string {
+  return name.includes('}') || name.includes('\\') ? name.replace(/[\\}]/g, '\\$&') : name;
+}

@@ -1,0 +1,116 @@
+import 'reflect-metadata';
+import { Module, type Type } from '@nestjs/common';
+import { createClient } from 'redis';
+import {
+  BroadcastService,
+  ConnectedSocket,
+  OnOpen,
+  WsConnection,
+  WsRoute,
+  WsRoutesModule,
+  encodePacket,
+} from '../../lib/index.js';
+import { ChannelNames, RedisBroadcastTransport } from '../../lib/redis/index.js';
+import { CapturingLogger, startApp, type TestApp } from '../utils/app.js';
+import { describeRedis, startRedis, type RedisServer } from '../utils/redis-server.js';
+import { eventually, TestClient } from '../utils/ws-client.js';
+
+/*
+ * The Redis transport seen from inside one test process: two applications on one real
+ * redis-server, for what needs the transport object itself (readiness, stats, events, the
+ * borrowed client, a frame of another release). The three-process matrix is in
+ * redis-scale-out.spec.ts.
+ */
+@WsRoute('/feed', { rateLimit: false })
+class FeedRoute {
+  @OnOpen() open(@ConnectedSocket() conn: WsConnection) {
+    const room = conn.query.room;
+    if (typeof room === 'string') conn.join(room);
+  }
+}
+
+function instance(transport: RedisBroadcastTransport): Type {
+  @Module({
+    imports: [WsRoutesModule.forRoot({ broadcastTransport: transport })],
+    providers: [FeedRoute],
+  })
+  class InstanceModule {}
+  return InstanceModule;
+}
+
+describeRedis('RedisBroadcastTransport in one process', () => {
+  let redis: RedisServer;
+  const apps: TestApp[] = [];
+  const clients: TestClient[] = [];
+
+  beforeAll(async () => {
+    redis = await startRedis();
+  });
+  afterEach(async () => {
+    for (const client of clients.splice(0)) client.socket.terminate();
+    for (const app of apps.splice(0)) await app.app.close();
+  });
+  afterAll(async () => {
+    await redis?.stop();
+  });
+
+  async function boot(
+    prefix: string,
+    options: Partial<ConstructorParameters<typeof RedisBroadcastTransport>[0]> = {},
+  ): Promise<{ app: TestApp; transport: RedisBroadcastTransport; logger: CapturingLogger }> {
+    const logger = new CapturingLogger();
+    const transport = new RedisBroadcastTransport({
+      url: redis.url,
+      keyPrefix: prefix,
+      linger: 50,
+      logger,
+      ...options,
+    } as ConstructorParameters<typeof RedisBroadcastTransport>[0]);
+    const app = await startApp(instance(transport));
+    apps.push(app);
+    await eventually(() => transport.isReady(), 5_000);
+    return { app, transport, logger };
+  }
+
+  async function client(app: TestApp, path: string): Promise<TestClient> {
+    const c = await TestClient.open(app.url(path));
+    clients.push(c);
+    return c;
+  }
+
+  it('carries a room broadcast to the other instance, once, and not to non-members', async () => {
+    const a = await boot('t1');
+    const b = await boot('t1');
+    const onA = await client(a.app, '/feed?room=x');
+    const onB = await client(b.app, '/feed?room=x');
+    const outsider = await client(b.app, '/feed?room=y');
+    await eventually(() => b.transport.stats.subscriptions >= 5, 3_000);
+    a.app.app.get(BroadcastService).to('x').send({ n: 1 });
+    expect(await onA.nextJson()).toEqual({ n: 1 });
+    expect(await onB.nextJson()).toEqual({ n: 1 });
+    expect(await outsider.silentFor(200)).toBe(true);
+    expect(await onB.silentFor(100)).toBe(true);
+  });
+
+  it('refuses, counts and logs a frame of another wire format version, and keeps serving', async () => {
+    const a = await boot('t2');
+    const onA = await client(a.app, '/feed');
+    const names = new ChannelNames('t2');
+    const raw = createClient({ url: redis.url });
+    await raw.connect();
+    try {
+      const future = encodePacket({ origin: 'other', payload: 'x', binary: false });
+      future[2] = 99;
+      await raw.publish(names.everyone, future);
+      await raw.publish(names.everyone, Buffer.from('not ours'));
+      await eventually(() => a.transport.stats.incompatible === 2, 3_000);
+      expect(a.logger.lines.some((l) => /version 99/.test(l.text))).toBe(true);
+      expect(await onA.silentFor(100)).toBe(true);
+      const ok = encodePacket({ origin: 'other', serial: 1, payload: 'fine', binary: false });
+      await raw.publish(names.everyone, ok);
+      expect(await onA.next()).toBe('fine');
+    } finally {
+      raw.destroy();
+    }
+  });
+});
