@@ -104,6 +104,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
   private verifying: Promise<void> | undefined;
   private downSince = 0;
   private downLogged = false;
+  private everReady = false;
   private probeSerial = 0;
   private probeWaiting:
     { n: number; done: (ok: boolean) => void; result: Promise<boolean> } | undefined;
@@ -374,11 +375,22 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
       this.markDown(error);
       return;
     }
+    // What the library would subscribe again by itself but nobody here needs any more (a
+    // room left while Redis was down): unsubscribed now.
+    const extras = [...driver.libraryChannels()].filter((c) => !subscriptions.keeps(c));
+    if (extras.length) {
+      try {
+        await withDeadline(driver.unsubscribe(extras), deadline, true);
+      } catch (error) {
+        this.markDown(error);
+        return;
+      }
+    }
     const wanted = subscriptions.size;
     const onServer = await withDeadline(driver.serverSubscriptions(), deadline).catch(
       () => undefined,
     );
-    if (onServer !== undefined && onServer < wanted) {
+    if (onServer !== undefined && (onServer < wanted || onServer > subscriptions.kept)) {
       this.logger.warn(
         `The subscriber connection has ${onServer} channels on the server, ${wanted} are needed: ` +
           'making a new subscriber connection and subscribing again from our own list',
@@ -392,7 +404,8 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
       return;
     }
     if (this.closed) return;
-    const wasDown = this.downSince ? Date.now() - this.downSince : 0;
+    const wasDown = this.everReady ? Date.now() - this.downSince : 0;
+    this.everReady = true;
     this.ready = true;
     this.downLogged = false;
     this.logger.log(
