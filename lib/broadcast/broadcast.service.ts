@@ -23,7 +23,7 @@ type Target = Pick<BroadcastPacket, 'routes' | 'rooms' | 'users' | 'connections'
 interface PacketSink {
   readonly instanceId: string;
   dispatch(packet: BroadcastPacket): number;
-  count(packet: BroadcastPacket, timeout: number): Promise<BroadcastCount>;
+  countPacket(packet: BroadcastPacket, timeout: number): Promise<BroadcastCount>;
 }
 
 /** The answer of `BroadcastOperator.count()`. */
@@ -136,7 +136,7 @@ export class BroadcastOperator {
    */
   count(options?: BroadcastCountOptions): Promise<BroadcastCount> {
     const timeout = options?.timeout ?? DEFAULT_COUNT_TIMEOUT;
-    return this.sink.count(this.packet(NO_PAYLOAD, false), timeout);
+    return this.sink.countPacket(this.packet(NO_PAYLOAD, false), timeout);
   }
 
   private act(action: BroadcastAction): number {
@@ -235,7 +235,7 @@ export class BroadcastService implements OnModuleInit, OnApplicationShutdown, Pa
   }
 
   /** @internal This instance's count, plus the other instances' answers. */
-  async count(packet: BroadcastPacket, timeout: number): Promise<BroadcastCount> {
+  async countPacket(packet: BroadcastPacket, timeout: number): Promise<BroadcastCount> {
     const here = this.local.count(packet);
     if (!this.transport.count) return { count: here, instances: 1, missing: [] };
     try {
@@ -302,6 +302,26 @@ export class BroadcastService implements OnModuleInit, OnApplicationShutdown, Pa
   /** Addresses these connections (ids or connections). */
   toConnection(...connections: (WsConnection | string)[]): BroadcastOperator {
     return this.everyone.toConnection(...connections);
+  }
+
+  /** Makes every connection of every instance join these rooms. */
+  join(...rooms: string[]): number {
+    return this.everyone.join(...rooms);
+  }
+
+  /** Makes every connection of every instance leave these rooms. */
+  leave(...rooms: string[]): number {
+    return this.everyone.leave(...rooms);
+  }
+
+  /** Closes every connection of every instance (default code 1000). */
+  disconnect(code?: number, reason?: string): number {
+    return this.everyone.disconnect(code, reason);
+  }
+
+  /** Counts every connection of every instance (see {@link BroadcastOperator.count}). */
+  count(options?: BroadcastCountOptions): Promise<BroadcastCount> {
+    return this.everyone.count(options);
   }
 
   /** Everyone but these connections. */
