@@ -13,7 +13,7 @@ import {
 import { ChannelNames, RedisBroadcastTransport } from '../../lib/redis/index.js';
 import { CapturingLogger, startApp, type TestApp } from '../utils/app.js';
 import { describeRedis, startRedis, type RedisServer } from '../utils/redis-server.js';
-import { eventually, TestClient } from '../utils/ws-client.js';
+import { delay, eventually, TestClient } from '../utils/ws-client.js';
 
 /*
  * The Redis transport seen from inside one test process: two applications on one real
@@ -90,6 +90,68 @@ describeRedis('RedisBroadcastTransport in one process', () => {
     expect(await onB.nextJson()).toEqual({ n: 1 });
     expect(await outsider.silentFor(200)).toBe(true);
     expect(await onB.silentFor(100)).toBe(true);
+  });
+
+  it('uses a client the application already has, and leaves it open at shutdown', async () => {
+    const own = createClient({ url: redis.url });
+    own.on('error', () => undefined);
+    await own.connect();
+    try {
+      const a = await boot('t3', { client: own } as never);
+      const b = await boot('t3');
+      const onA = await client(a.app, '/feed?room=z');
+      await eventually(() => a.transport.stats.subscriptions >= 5, 3_000);
+      b.app.app.get(BroadcastService).to('z').send('through the borrowed client');
+      expect(await onA.next()).toBe('through the borrowed client');
+      onA.socket.terminate();
+      await a.app.app.close();
+      apps.splice(apps.indexOf(a.app), 1);
+      expect(own.isReady).toBe(true);
+      expect(await own.ping()).toBe('PONG');
+    } finally {
+      own.destroy();
+    }
+  });
+
+  it('works with sharded pub/sub on one Redis, and from forRootAsync', async () => {
+    const transport = new RedisBroadcastTransport({
+      url: redis.url,
+      keyPrefix: 't4',
+      sharded: true,
+      linger: 0,
+    });
+    @Module({
+      imports: [
+        WsRoutesModule.forRootAsync({
+          useFactory: async () => ({ broadcastTransport: transport }),
+        }),
+      ],
+      providers: [FeedRoute],
+    })
+    class AsyncModule {}
+    const a = await startApp(AsyncModule);
+    apps.push(a);
+    const b = await boot('t4', { sharded: true, linger: 0 });
+    await eventually(() => transport.isReady(), 5_000);
+    const onA = await client(a, '/feed?room=s');
+    await eventually(() => transport.stats.subscriptions >= 5, 3_000);
+    b.app.app.get(BroadcastService).to('s').send({ sharded: true });
+    expect(await onA.nextJson()).toEqual({ sharded: true });
+    const names = new ChannelNames('t4');
+    const shardNumsub = async () =>
+      (await redis.cli('PUBSUB', 'SHARDNUMSUB', names.member('room', 's'))).split('\n')[1];
+    expect(await shardNumsub()).toBe('1');
+    onA.socket.terminate();
+    await eventually(() => transport.stats.subscriptions === 3, 3_000);
+    for (let i = 0; i < 100 && (await shardNumsub()) !== '0'; i++) await delay(20);
+    expect(await shardNumsub()).toBe('0');
+  });
+
+  it('checks its options at construction, naming the option', () => {
+    expect(() => new RedisBroadcastTransport({ url: redis.url, keyPrefix: 'a{b}' })).toThrow(
+      /keyPrefix/,
+    );
+    expect(() => new RedisBroadcastTransport({ url: redis.url, linger: -1 })).toThrow(/linger/);
   });
 
   it('refuses, counts and logs a frame of another wire format version, and keeps serving', async () => {
