@@ -39,6 +39,13 @@ describe('wire format', () => {
     expect(decoded.payload.toString()).toBe('héllo');
   });
 
+  it('marks a packet published to several channels, for the receivers to deduplicate', () => {
+    expect(decodeFrame(encodePacket(full, true))).toMatchObject({ severalChannels: true });
+    expect(decodeFrame(encodePacket(full))).toMatchObject({ severalChannels: false });
+    const flags = (decodeFrame(encodePacket(full, true)) as { packet: BroadcastPacket }).packet;
+    expect([flags.binary, flags.volatile]).toEqual([true, true]);
+  });
+
   it('carries actions and count requests', () => {
     for (const action of [
       { type: 'join', rooms: ['a', 'b'] },

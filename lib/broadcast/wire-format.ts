@@ -5,7 +5,7 @@ import type { BroadcastAction, BroadcastPacket } from './broadcast-packet.interf
  *
  * ```
  * 'W' 'R'  major(u8)  kind(u8)  body…  [fields of later minor versions, ignored by older readers]
- * packet body:  flags(u8: binary|volatile)  origin(str8)  serial(u32)
+ * packet body:  flags(u8: binary|volatile|several channels)  origin(str8)  serial(u32)
  *               routes rooms users connections except (list: u32 count, then str16 each)
  *               action(u8: 0 none, 1 join + list, 2 leave + list, 3 disconnect + code u16 + str16)
  *               payload(u32 length + bytes)
@@ -25,6 +25,8 @@ const KIND_COUNT_REQUEST = 2;
 const KIND_CONTROL = 3;
 const FLAG_BINARY = 1;
 const FLAG_VOLATILE = 2;
+/** Published to several channels: a receiver may get it more than once and must deduplicate. */
+const FLAG_SEVERAL_CHANNELS = 4;
 const ACTION_NONE = 0;
 const ACTION_JOIN = 1;
 const ACTION_LEAVE = 2;
@@ -42,7 +44,7 @@ export type ControlMessage =
 
 /** A decoded frame of the wire format. */
 export type WireFrame =
-  | { kind: 'packet'; packet: BroadcastPacket }
+  | { kind: 'packet'; packet: BroadcastPacket; severalChannels: boolean }
   | { kind: 'count-request'; request: string; packet: BroadcastPacket }
   | { kind: 'control'; control: ControlMessage };
 
@@ -61,11 +63,15 @@ export class PacketFormatError extends Error {
 type Lists = Pick<BroadcastPacket, 'routes' | 'rooms' | 'users' | 'connections' | 'except'>;
 const LISTS = ['routes', 'rooms', 'users', 'connections', 'except'] as const;
 
-/** A broadcast packet's wire form. */
-export function encodePacket(packet: BroadcastPacket): Buffer {
+/**
+ * A broadcast packet's wire form. `severalChannels`: it is published to more than one channel,
+ * so an instance subscribed to two of them gets it twice and delivers it once (by origin and
+ * serial); receivers remember only such packets.
+ */
+export function encodePacket(packet: BroadcastPacket, severalChannels = false): Buffer {
   const writer = new Writer(HEADER + packetSize(packet));
   writer.header(KIND_PACKET);
-  writer.packet(packet);
+  writer.packet(packet, severalChannels ? FLAG_SEVERAL_CHANNELS : 0);
   return writer.done();
 }
 
@@ -104,8 +110,10 @@ export function decodeFrame(bytes: Buffer): WireFrame {
   const reader = new Reader(bytes, HEADER);
   try {
     switch (bytes[3]) {
-      case KIND_PACKET:
-        return { kind: 'packet', packet: reader.packet() };
+      case KIND_PACKET: {
+        const severalChannels = (bytes[HEADER] & FLAG_SEVERAL_CHANNELS) !== 0;
+        return { kind: 'packet', packet: reader.packet(), severalChannels };
+      }
       case KIND_COUNT_REQUEST: {
         const request = reader.str8();
         return { kind: 'count-request', request, packet: reader.packet() };
@@ -165,8 +173,8 @@ class Writer {
     this.at = HEADER;
   }
 
-  packet(packet: BroadcastPacket): void {
-    this.u8((packet.binary ? FLAG_BINARY : 0) | (packet.volatile ? FLAG_VOLATILE : 0));
+  packet(packet: BroadcastPacket, flags = 0): void {
+    this.u8(flags | (packet.binary ? FLAG_BINARY : 0) | (packet.volatile ? FLAG_VOLATILE : 0));
     this.str8(packet.origin);
     this.buffer.writeUInt32LE(packet.serial ?? 0, this.at);
     this.at += 4;

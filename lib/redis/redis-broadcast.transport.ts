@@ -202,7 +202,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
       this.counters.publishFailures += channels.length;
       throw new Error('Redis is unreachable: the broadcast did not reach the other instances');
     }
-    const frame = encodePacket(packet);
+    const frame = encodePacket(packet, channels.length > 1);
     this.counters.published += channels.length;
     if (channels.length === 1) return driver.publish(channels[0], frame).catch(this.publishFailed);
     return Promise.all(channels.map((channel) => driver.publish(channel, frame))).catch(
@@ -316,7 +316,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
       this.counters.received++;
       const { packet } = frame;
       if (packet.origin === this.self) return;
-      if (!this.recent.firstTime(packet.origin, packet.serial ?? 0)) {
+      if (frame.severalChannels && !this.recent.firstTime(packet.origin, packet.serial ?? 0)) {
         this.counters.deduplicated++;
         return;
       }
