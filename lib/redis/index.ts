@@ -6,8 +6,10 @@ export {
   type RedisBroadcastTransportOptions,
   type RedisClientOptions,
   type RedisClusterOptions,
+  type RedisIoRedisOptions,
   type RedisTransportTuning,
   type RedisUrlOptions,
 } from './redis-transport-options.js';
 export { ChannelNames } from './channel-names.js';
 export type { NodeRedisClient, NodeRedisCluster } from './node-redis-driver.js';
+export type { IoRedisClient } from './ioredis-driver.js';

@@ -22,6 +22,7 @@ import {
 } from '../broadcast/wire-format.js';
 import { ChannelNames } from './channel-names.js';
 import { InstanceDirectory } from './instance-directory.js';
+import { IoRedisDriver } from './ioredis-driver.js';
 import {
   ClusterDriver,
   StandaloneDriver,
@@ -36,6 +37,8 @@ import {
   reconnectDelay,
   REDIS_TRANSPORT_DEFAULTS,
   type RedisBroadcastTransportOptions,
+  type RedisClientOptions,
+  type RedisIoRedisOptions,
 } from './redis-transport-options.js';
 import { Subscriptions } from './subscriptions.js';
 
@@ -88,7 +91,10 @@ export interface RedisTransportStats {
 export class RedisBroadcastTransport extends EventEmitter implements BroadcastTransport {
   private readonly logger: LoggerService;
   private readonly tuning: Required<
-    Omit<RedisBroadcastTransportOptions, 'url' | 'client' | 'cluster' | 'logger' | 'sharded'>
+    Omit<
+      RedisBroadcastTransportOptions,
+      'url' | 'client' | 'cluster' | 'ioredis' | 'logger' | 'sharded'
+    >
   >;
   private binding: TransportBinding | undefined;
   private names!: ChannelNames;
@@ -134,6 +140,12 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
       maxReconnectDelay: options.maxReconnectDelay ?? defaults.maxReconnectDelay,
     };
     // Fails at construction, with the option named, rather than at the first publish.
+    const ways = (['url', 'client', 'cluster', 'ioredis'] as const).filter((k) => k in options);
+    if (ways.length !== 1)
+      throw new TypeError(
+        'RedisBroadcastTransport: give exactly one of url, client, cluster or ioredis' +
+          (ways.length ? ` (got ${ways.join(', ')})` : ''),
+      );
     this.names = new ChannelNames(this.tuning.keyPrefix);
     for (const [name, value] of Object.entries(this.tuning))
       if (typeof value === 'number' && !(value >= 0))
@@ -238,6 +250,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
         driver.publish(this.names.control, encodeControl({ type: 'bye', instance: this.self })),
         500,
       );
+    // A borrowed client stays open: what this instance subscribed through it goes now.
     if (!('url' in this.options) && !('cluster' in this.options) && this.subscriptions)
       await withDeadline(driver.unsubscribe([...this.subscriptions.channels()]), 500);
     this.subscriptions?.close();
@@ -276,7 +289,11 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
       });
       return new ClusterDriver(cluster as unknown as NodeRedisCluster, { owned: true }, events);
     }
-    const client = options.client;
+    if ('ioredis' in options) {
+      const { ioredis, sharded } = options as RedisIoRedisOptions;
+      return new IoRedisDriver(ioredis, sharded ?? false, events);
+    }
+    const client = (options as RedisClientOptions).client;
     if ('masters' in client) return new ClusterDriver(client, { owned: false }, events);
     return new StandaloneDriver(client, { owned: false }, options.sharded ?? false, events);
   }

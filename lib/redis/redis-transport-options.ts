@@ -1,4 +1,5 @@
 import type { LoggerService } from '@nestjs/common';
+import type { IoRedisClient } from './ioredis-driver.js';
 import type { NodeRedisClient, NodeRedisCluster } from './node-redis-driver.js';
 
 /** Options every way of connecting shares. */
@@ -52,6 +53,15 @@ export interface RedisUrlOptions extends RedisTransportTuning {
  */
 export interface RedisClientOptions extends RedisTransportTuning {
   client: NodeRedisClient | NodeRedisCluster;
+}
+
+/**
+ * Use an ioredis client the application already has (`new Redis(…)`, e.g. a Nest
+ * microservice's): the transport publishes on it, subscribes on a duplicate, and leaves it open
+ * at shutdown. One Redis only; for a cluster, use node-redis.
+ */
+export interface RedisIoRedisOptions extends RedisTransportTuning {
+  ioredis: IoRedisClient;
 }
 
 /** Connect to a Redis Cluster by its root nodes: sharded pub/sub, one channel per shard. */

@@ -1,5 +1,6 @@
 import 'reflect-metadata';
 import { Module, type Type } from '@nestjs/common';
+import { Redis } from 'ioredis';
 import { createClient } from 'redis';
 import {
   BroadcastService,
@@ -59,8 +60,10 @@ describeRedis('RedisBroadcastTransport in one process', () => {
     options: Partial<ConstructorParameters<typeof RedisBroadcastTransport>[0]> = {},
   ): Promise<{ app: TestApp; transport: RedisBroadcastTransport; logger: CapturingLogger }> {
     const logger = new CapturingLogger();
+    // A borrowed client (node-redis or ioredis) replaces the url: one way of connecting only.
+    const borrowed = 'client' in options || 'ioredis' in options;
     const transport = new RedisBroadcastTransport({
-      url: redis.url,
+      ...(borrowed ? {} : { url: redis.url }),
       keyPrefix: prefix,
       linger: 50,
       logger,
@@ -147,11 +150,57 @@ describeRedis('RedisBroadcastTransport in one process', () => {
     expect(await shardNumsub()).toBe('0');
   });
 
+  it('works over an ioredis client too: both ways, through a Redis restart, and leaves it open', async () => {
+    const io = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+    io.on('error', () => undefined);
+    try {
+      const a = await boot('t5', { ioredis: io, probeInterval: 300, probeTimeout: 300 } as never);
+      const b = await boot('t5', { probeInterval: 300, probeTimeout: 300 });
+      const onA = await client(a.app, '/feed?room=io');
+      const left = await client(a.app, '/feed?room=gone');
+      const onB = await client(b.app, '/feed?room=io');
+      await eventually(() => a.transport.stats.subscriptions >= 6, 3_000);
+      const [sendA, sendB] = [a, b].map((x) => x.app.app.get(BroadcastService));
+      sendB.to('io').send('b→a');
+      sendA.to('io').send('a→b');
+      // Each instance's own clients first (delivered at once), the other's through Redis.
+      expect([await onA.next(), await onA.next()]).toEqual(['a→b', 'b→a']);
+      expect([await onB.next(), await onB.next()]).toEqual(['b→a', 'a→b']);
+
+      await redis.kill('SIGKILL');
+      await eventually(() => !a.transport.isReady() && !b.transport.isReady(), 5_000);
+      left.socket.terminate(); // the last member of 'gone' leaves while Redis is down
+      await delay(200);
+      await redis.restart();
+      await eventually(() => a.transport.isReady() && b.transport.isReady(), 10_000);
+      sendB.to('io').send('after the restart');
+      expect(await onA.next()).toBe('after the restart');
+      expect(await onB.next()).toBe('after the restart');
+      sendA.to('io').send('from the ioredis side');
+      expect(await onB.next()).toBe('from the ioredis side');
+      const names = new ChannelNames('t5');
+      const numsub = await redis.cli('PUBSUB', 'NUMSUB', names.member('room', 'gone'));
+      expect(numsub.split('\n')[1]).toBe('0');
+
+      onA.socket.terminate();
+      await a.app.app.close();
+      apps.splice(apps.indexOf(a.app), 1);
+      expect(io.status).toBe('ready');
+      expect(await io.ping()).toBe('PONG');
+    } finally {
+      io.disconnect();
+    }
+  });
+
   it('checks its options at construction, naming the option', () => {
     expect(() => new RedisBroadcastTransport({ url: redis.url, keyPrefix: 'a{b}' })).toThrow(
       /keyPrefix/,
     );
     expect(() => new RedisBroadcastTransport({ url: redis.url, linger: -1 })).toThrow(/linger/);
+    expect(() => new RedisBroadcastTransport({} as never)).toThrow(/exactly one of url/);
+    expect(() => new RedisBroadcastTransport({ url: redis.url, ioredis: {} } as never)).toThrow(
+      /got url, ioredis/,
+    );
   });
 
   it('refuses, counts and logs a frame of another wire format version, and keeps serving', async () => {
