@@ -45,6 +45,8 @@ import { Subscriptions } from './subscriptions.js';
 const MEMBER_KINDS: readonly MembershipKind[] = ['route', 'room', 'user'];
 /** While down: how often the transport tries to verify its subscriptions again. */
 const RETRY_INTERVAL = 1_000;
+/** node-redis pings its connections this often, so a quiet one still reads (and times out). */
+const PING_INTERVAL = 5_000;
 /** How often a run of refused frames (another release's wire format) is logged. */
 const REFUSAL_LOG_INTERVAL = 60_000;
 
@@ -266,15 +268,24 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
       down: (cause) => this.markDown(cause),
     };
     const reconnectStrategy = reconnectDelay(this.tuning.maxReconnectDelay);
+    const { heartbeatInterval, probeInterval } = this.tuning;
     const socket = {
       reconnectStrategy,
       connectTimeout: 5_000,
-      // A frozen server ends the connection instead of holding commands for ever; heartbeats
-      // and probes keep a healthy one busy well within this.
-      socketTimeout: Math.max(15_000, 3 * this.tuning.heartbeatInterval),
+      // A frozen server ends the connection instead of holding commands for ever; pings (and
+      // heartbeats, probes) keep a healthy one reading well within this.
+      socketTimeout: Math.max(
+        15_000,
+        3 * Math.max(heartbeatInterval, probeInterval, PING_INTERVAL),
+      ),
     };
     if ('url' in options) {
-      const client = createClient({ url: options.url, disableOfflineQueue: true, socket });
+      const client = createClient({
+        url: options.url,
+        disableOfflineQueue: true,
+        pingInterval: PING_INTERVAL,
+        socket,
+      });
       return new StandaloneDriver(
         client as unknown as NodeRedisClient,
         { owned: true },
@@ -285,7 +296,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     if ('cluster' in options) {
       const cluster = createCluster({
         rootNodes: options.cluster.rootNodes,
-        defaults: { disableOfflineQueue: true, socket },
+        defaults: { disableOfflineQueue: true, pingInterval: PING_INTERVAL, socket },
       });
       return new ClusterDriver(cluster as unknown as NodeRedisCluster, { owned: true }, events);
     }
