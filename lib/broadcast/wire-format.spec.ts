@@ -74,6 +74,15 @@ describe('wire format', () => {
     });
   });
 
+  it('keeps names that are not well-formed UTF-16 (lone surrogates) apart from their U+FFFD twins', () => {
+    const names = ['\ud800x', '\ufffdx', 'y\udfff', ''];
+    const frame = decodeFrame(
+      encodePacket({ origin: 'o', rooms: names, users: ['\udc00'], payload: '', binary: false }),
+    ) as { packet: BroadcastPacket };
+    expect(frame.packet.rooms).toEqual(names);
+    expect(frame.packet.users).toEqual(['\udc00']);
+  });
+
   it('reads a frame with fields a later minor version appended', () => {
     const bytes = Buffer.concat([encodePacket(full), Buffer.from('future fields')]);
     expect((decodeFrame(bytes) as { packet: BroadcastPacket }).packet.rooms).toEqual(full.rooms);

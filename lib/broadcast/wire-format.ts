@@ -32,6 +32,12 @@ const ACTION_JOIN = 1;
 const ACTION_LEAVE = 2;
 const ACTION_DISCONNECT = 3;
 const HEADER = 4;
+/**
+ * First byte of a name that is not well-formed UTF-16 (a lone surrogate, as `JSON.parse`
+ * gives from `"\ud800"`): the rest is UTF-16LE, so no name is ever changed on the way. UTF-8
+ * never contains 0xFF.
+ */
+const UTF16_MARK = 0xff;
 const MAX_STR16 = 0xffff;
 const MAX_STR8 = 0xff;
 
@@ -147,13 +153,21 @@ function packetSize(packet: BroadcastPacket): number {
 
 function listSize(list: readonly string[] | undefined): number {
   let size = 4;
-  if (list) for (const item of list) size += 2 + Buffer.byteLength(item);
+  if (list) for (const item of list) size += 2 + str16Size(item);
   return size;
+}
+
+function str16Size(value: string): number {
+  return isWellFormed(value) ? Buffer.byteLength(value) : 1 + 2 * value.length;
+}
+
+function isWellFormed(value: string): boolean {
+  return (value as unknown as { isWellFormed(): boolean }).isWellFormed();
 }
 
 function actionSize(action: BroadcastAction | undefined): number {
   if (!action) return 0;
-  if (action.type === 'disconnect') return 2 + 2 + Buffer.byteLength(action.reason);
+  if (action.type === 'disconnect') return 2 + 2 + str16Size(action.reason);
   return listSize(action.rooms);
 }
 
@@ -214,6 +228,15 @@ class Writer {
   }
 
   str16(value: string): void {
+    if (!isWellFormed(value)) {
+      this.buffer[this.at + 2] = UTF16_MARK;
+      const length = 1 + this.buffer.write(value, this.at + 3, 'utf16le');
+      if (length > MAX_STR16)
+        throw new RangeError('a room, user, route or connection name is longer than 65535 bytes');
+      this.buffer.writeUInt16LE(length, this.at);
+      this.at += 2 + length;
+      return;
+    }
     const length = this.buffer.write(value, this.at + 2);
     if (length > MAX_STR16)
       throw new RangeError('a room, user, route or connection name is longer than 65535 bytes');
@@ -296,8 +319,10 @@ class Reader {
   }
 
   str16(): string {
-    const length = this.u16();
-    return this.take(length).toString();
+    const bytes = this.take(this.u16());
+    return bytes.length && bytes[0] === UTF16_MARK
+      ? bytes.toString('utf16le', 1)
+      : bytes.toString();
   }
 
   list(): string[] | undefined {

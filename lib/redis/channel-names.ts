@@ -16,7 +16,8 @@ import type { MembershipKind } from '../connection/ws-connection-registry.js';
  * | user | `<prefix>:{u:<user id>}` | instances with a connection of the user |
  *
  * A `}` in a name is written `\}` (and `\` as `\\`), so the hash tag always covers the whole
- * name and two names never share a channel.
+ * name, and a lone surrogate (not encodable as UTF-8) as `\u{d800}`: two names never share a
+ * channel.
  */
 export class ChannelNames {
   readonly everyone: string;
@@ -47,5 +48,7 @@ export class ChannelNames {
 const KIND_LETTER: Record<MembershipKind, string> = { route: 'p', room: 'r', user: 'u' };
 
 function escape(name: string): string {
-  return name.includes('}') || name.includes('\\') ? name.replace(/[\\}]/g, '\\$&') : name;
+  if (name.includes('}') || name.includes('\\')) name = name.replace(/[\\}]/g, '\\$&');
+  if ((name as unknown as { isWellFormed(): boolean }).isWellFormed()) return name;
+  return name.replace(/\p{Cs}/gu, (unit) => `\\u{${unit.charCodeAt(0).toString(16)}}`);
 }

@@ -10,10 +10,16 @@ export class InstanceDirectory {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** An instance said hello (or sent anything): it is up, with this heartbeat interval. */
-  seen(instance: string, interval: number): void {
-    if (instance === this.self) return;
-    this.lastSeen.set(instance, this.now() + 3 * interval);
+  /**
+   * An instance said hello: it is up, with this heartbeat interval. `true` if it was not known
+   * to be up (it is new, or came back), so it may not know this one either.
+   */
+  seen(instance: string, interval: number): boolean {
+    if (instance === this.self) return false;
+    const time = this.now();
+    const known = (this.lastSeen.get(instance) ?? -Infinity) >= time;
+    this.lastSeen.set(instance, time + 3 * interval);
+    return !known;
   }
 
   /** An instance said goodbye. */

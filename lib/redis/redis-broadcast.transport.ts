@@ -47,6 +47,10 @@ const MEMBER_KINDS: readonly MembershipKind[] = ['route', 'room', 'user'];
 const RETRY_INTERVAL = 1_000;
 /** node-redis pings its connections this often, so a quiet one still reads (and times out). */
 const PING_INTERVAL = 5_000;
+/** How many times a probe that waits behind moving traffic gets another `probeTimeout`. */
+const MAX_PROBE_EXTENSIONS = 10;
+/** How long after becoming ready `count()` waits for the others' answers to its hello. */
+const PRESENCE_SETTLE = 250;
 /** How often a run of refused frames (another release's wire format) is logged. */
 const REFUSAL_LOG_INTERVAL = 60_000;
 
@@ -118,6 +122,12 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     { n: number; done: (ok: boolean) => void; result: Promise<boolean> } | undefined;
   private timers: NodeJS.Timeout[] = [];
   private refusedLoggedAt = -Infinity;
+  /** Bytes of publishes sent and not answered yet. */
+  private backlog = 0;
+  /** Frames received (of every kind): a probe that waits behind traffic is not a dead link. */
+  private framesSeen = 0;
+  private publishesAnswered = 0;
+  private readyAt = 0;
   private readonly counters = {
     published: 0,
     publishFailures: 0,
@@ -139,6 +149,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
       probeInterval: options.probeInterval ?? defaults.probeInterval,
       probeTimeout: options.probeTimeout ?? defaults.probeTimeout,
       maxChannelsPerPacket: options.maxChannelsPerPacket ?? defaults.maxChannelsPerPacket,
+      maxPublishBacklog: options.maxPublishBacklog ?? defaults.maxPublishBacklog,
       maxReconnectDelay: options.maxReconnectDelay ?? defaults.maxReconnectDelay,
     };
     // Fails at construction, with the option named, rather than at the first publish.
@@ -212,20 +223,43 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     if (!driver || this.closed) return undefined;
     const channels = this.channelsOf(packet);
     if (channels.length === 0) return undefined;
-    if (!driver.publisherReady) {
+    if (!this.ready || !driver.publisherReady) {
       this.counters.publishFailures += channels.length;
       throw new Error('Redis is unreachable: the broadcast did not reach the other instances');
     }
     const frame = encodePacket(packet, channels.length > 1);
+    const bytes = frame.length * channels.length;
+    if (this.backlog + bytes > this.tuning.maxPublishBacklog) {
+      // Redis stopped answering without closing the connection: do not pile up memory.
+      this.counters.publishFailures += channels.length;
+      throw new Error(
+        `Redis is not keeping up: ${this.backlog} bytes of publishes await an answer ` +
+          `(maxPublishBacklog ${this.tuning.maxPublishBacklog})`,
+      );
+    }
+    this.backlog += bytes;
     this.counters.published += channels.length;
-    if (channels.length === 1) return driver.publish(channels[0], frame).catch(this.publishFailed);
-    return Promise.all(channels.map((channel) => driver.publish(channel, frame))).catch(
-      this.publishFailed,
+    const sent =
+      channels.length === 1
+        ? driver.publish(channels[0], frame)
+        : Promise.all(channels.map((channel) => driver.publish(channel, frame)));
+    return sent.then(
+      () => {
+        this.backlog -= bytes;
+        this.publishesAnswered++;
+      },
+      (error: unknown) => {
+        this.backlog -= bytes;
+        this.publishFailed(error);
+      },
     );
   }
 
   /** @internal Asks every instance heard from lately; those that do not answer are `missing`. */
   async count(packet: BroadcastPacket, timeout: number): Promise<RemoteCount> {
+    // Just (re)connected: the others answer this instance's hello within a round trip.
+    const settling = this.readyAt + PRESENCE_SETTLE - Date.now();
+    if (this.ready && settling > 0) await sleep(Math.min(settling, timeout));
     const expected = this.directory?.up() ?? [];
     if (!this.driver || expected.length === 0) return { count: 0, answered: [], missing: [] };
     if (!this.driver.publisherReady) return { count: 0, answered: [], missing: expected };
@@ -332,6 +366,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
 
   /** One frame from Redis: handled at once, never awaited, so the read path keeps up. */
   private received(bytes: Buffer): void {
+    this.framesSeen++;
     let frame;
     try {
       frame = decodeFrame(bytes);
@@ -366,7 +401,10 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
   private control(message: ControlMessage): void {
     switch (message.type) {
       case 'hello':
-        this.directory.seen(message.instance, message.interval);
+        // A newcomer (or one back from an outage) learns of this instance at once, not at
+        // its next heartbeat: its first count() already knows whom to ask.
+        if (this.directory.seen(message.instance, message.interval))
+          this.send(this.names.instance(message.instance), this.helloMessage());
         break;
       case 'bye':
         this.directory.gone(message.instance);
@@ -435,6 +473,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     const wasDown = this.everReady ? Date.now() - this.downSince : 0;
     this.everReady = true;
     this.ready = true;
+    this.readyAt = Date.now();
     this.downLogged = false;
     this.logger.log(
       `Redis reached: ${wanted} channels subscribed and verified` +
@@ -470,9 +509,34 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     if (this.probeWaiting) return this.probeWaiting.result;
     const driver = this.driver!;
     const n = ++this.probeSerial;
+    const { probeTimeout } = this.tuning;
+    const sentAt = Date.now();
+    let progress = this.progress();
+    let extensions = 0;
+    let lateExtended = false;
     let finish!: (ok: boolean) => void;
+    let timer: NodeJS.Timeout | undefined;
+    // The timer may fire before the socket is read (the event loop was blocked): decide after
+    // the I/O phase. A probe queued behind a burst is not a dead link: while frames arrive or
+    // publishes are answered, it waits longer (up to MAX_PROBE_EXTENSIONS timeouts).
+    const expired = (): void =>
+      void setImmediate(() => {
+        if (this.probeWaiting?.n !== n) return;
+        const now = this.progress();
+        const moved = now !== progress;
+        progress = now;
+        const late = !lateExtended && Date.now() - sentAt > (extensions + 1.5) * probeTimeout;
+        if ((moved && extensions < MAX_PROBE_EXTENSIONS) || late) {
+          if (late) lateExtended = true;
+          extensions++;
+          timer = setTimeout(expired, probeTimeout);
+          timer.unref();
+          return;
+        }
+        finish(false);
+      });
     const result = new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => finish(false), this.tuning.probeTimeout);
+      timer = setTimeout(expired, probeTimeout);
       timer.unref();
       finish = (ok) => {
         clearTimeout(timer);
@@ -487,6 +551,11 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     return result;
   }
 
+  /** Frames received plus publishes answered: it moves while the link works. */
+  private progress(): number {
+    return this.framesSeen + this.publishesAnswered;
+  }
+
   private async probeWhileUp(): Promise<void> {
     if (!this.ready || this.verifying || this.probeWaiting) return;
     if (await this.probe()) return;
@@ -496,12 +565,11 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
   }
 
   private hello(): void {
-    if (this.driver?.publisherReady)
-      this.send(this.names.control, {
-        type: 'hello',
-        instance: this.self,
-        interval: this.tuning.heartbeatInterval,
-      });
+    if (this.driver?.publisherReady) this.send(this.names.control, this.helloMessage());
+  }
+
+  private helloMessage(): ControlMessage {
+    return { type: 'hello', instance: this.self, interval: this.tuning.heartbeatInterval };
   }
 
   private send(channel: string, message: ControlMessage): void {
@@ -517,10 +585,10 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     this.timers.push(timer);
   }
 
-  private readonly publishFailed = (error: unknown): never => {
+  private publishFailed(error: unknown): never {
     this.counters.publishFailures++;
     throw error;
-  };
+  }
 
   private readonly subscribeFailed = (error: unknown): void => {
     // The connection dropped under it: the next verification subscribes it again.
@@ -569,6 +637,10 @@ function withDeadline<T>(promise: Promise<T>, ms: number, reject = false): Promi
       },
     );
   });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
 
 function describe(error: unknown): string {

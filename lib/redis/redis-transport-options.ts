@@ -29,6 +29,12 @@ export interface RedisTransportTuning {
    * to the everyone channel once, with its target list, instead. Default 32.
    */
   maxChannelsPerPacket?: number;
+  /**
+   * Bytes of publishes that may await Redis's answer; beyond it publishes are refused (and
+   * counted) rather than held, so a Redis that stops answering cannot grow this process's
+   * memory. Default 64 MiB.
+   */
+  maxPublishBacklog?: number;
   /** Longest wait between two reconnect attempts, in ms (before jitter). Default 5000. */
   maxReconnectDelay?: number;
   /**
@@ -81,6 +87,7 @@ export const REDIS_TRANSPORT_DEFAULTS = {
   probeInterval: 5_000,
   probeTimeout: 2_000,
   maxChannelsPerPacket: 32,
+  maxPublishBacklog: 64 * 1024 * 1024,
   maxReconnectDelay: 5_000,
 } as const;
 
