@@ -192,6 +192,30 @@ describeRedis('RedisBroadcastTransport in one process', () => {
     }
   });
 
+  it('refuses publishes beyond maxPublishBacklog instead of holding them, and counts them', async () => {
+    const a = await boot('t6', { maxPublishBacklog: 256 * 1024 });
+    const b = await boot('t6');
+    const onB = await client(b.app, '/feed?room=big');
+    await eventually(
+      () => a.transport.stats.instances === 1 && b.transport.stats.subscriptions >= 5,
+      3_000,
+    );
+    const broadcast = a.app.app.get(BroadcastService);
+    const pad = 'x'.repeat(16 * 1024);
+    for (let n = 1; n <= 100; n++) broadcast.to('big').send(`${n} ${pad}`);
+    // About 256 KiB of 16 KiB frames fit; the rest were refused in the same turn.
+    const refused = a.transport.stats.publishFailures;
+    expect(refused).toBeGreaterThan(80);
+    expect(broadcast.publishFailures).toBe(refused);
+    const got: number[] = [];
+    for (let i = 0; i < 100 - refused; i++) got.push(parseInt(String(await onB.next()), 10));
+    expect(got).toEqual(Array.from({ length: 100 - refused }, (_, i) => i + 1));
+    expect(await onB.silentFor(200)).toBe(true);
+    // The backlog drained: publishes are accepted again.
+    broadcast.to('big').send('later');
+    expect(await onB.next()).toBe('later');
+  });
+
   it('checks its options at construction, naming the option', () => {
     expect(() => new RedisBroadcastTransport({ url: redis.url, keyPrefix: 'a{b}' })).toThrow(
       /keyPrefix/,
