@@ -11,10 +11,20 @@ export const REDIS_INSTANCE_FIXTURE = 'test/fixtures/redis-instance.ts';
 /** Where the instances meet: one standalone server, or a cluster (sharded pub/sub). */
 export type RedisTopology = { server: RedisServer } | { cluster: RedisCluster };
 
+/** The client the fixture builds its transport on, with a standalone server. */
+export type RedisDriver = 'node-redis' | 'ioredis';
+
 /** Options of {@link startInstance} and {@link startInstances}. */
 export interface InstanceOptions {
   /** Which Redis the instances use; none: the in-memory transport (each one alone). */
   redis?: RedisTopology;
+  /**
+   * `REDIS_DRIVER` of the fixture, with a standalone server: `node-redis` (the transport's own
+   * `{ url }` connections) or `ioredis` (`{ ioredis }`, the app's client). Unless told, the
+   * test runner's own `REDIS_DRIVER`, so `REDIS_DRIVER=ioredis jest test/e2e/redis-faults.spec.ts`
+   * runs a whole spec on ioredis; node-redis when neither says. A cluster: always node-redis.
+   */
+  driver?: RedisDriver;
   /** `KEY_PREFIX` (default `ws-e2e`). */
   keyPrefix?: string;
   /** `LINGER`, `HEARTBEAT_INTERVAL`, `PROBE_INTERVAL`, `PROBE_TIMEOUT` in ms, when given. */
@@ -179,7 +189,11 @@ function instanceEnv(options: InstanceOptions): Record<string, string> {
   // Not the parent's: a test runner started with REDIS_URL set must not leak it in.
   env.REDIS_URL = '';
   env.REDIS_CLUSTER = '';
-  if (options.redis && 'server' in options.redis) env.REDIS_URL = options.redis.server.url;
+  env.REDIS_DRIVER = '';
+  if (options.redis && 'server' in options.redis) {
+    env.REDIS_URL = options.redis.server.url;
+    env.REDIS_DRIVER = options.driver ?? process.env.REDIS_DRIVER ?? '';
+  }
   if (options.redis && 'cluster' in options.redis)
     env.REDIS_CLUSTER = JSON.stringify(options.redis.cluster.rootNodes.map((node) => node.url));
   if (options.linger !== undefined) env.LINGER = String(options.linger);
@@ -288,4 +302,94 @@ export function numbered(count: number, prefix = ''): string[] {
 /** The numbers of the `${prefix}<n>` messages among `seen`, in arrival order. */
 export function numbersOf(seen: readonly string[], prefix: string): number[] {
   return seen.filter((m) => m.startsWith(prefix)).map((m) => Number(m.slice(prefix.length)));
+}
+
+/** Whether the instance's transport is ready (`transport.isReady()`). */
+export async function isReady(instance: Instance): Promise<boolean> {
+  return (await instance.stats()).ready;
+}
+
+/** What each peer of `peers` got of the messages `${prefix}<n>`, in arrival order. */
+export function receivedBy(peers: Record<string, Peer>, prefix: string): Record<string, number[]> {
+  return Object.fromEntries(
+    Object.values(peers).map((peer) => [peer.name, numbersOf(peer.seen, prefix)]),
+  );
+}
+
+/** What {@link sendNumbered} should give: `1..count` for each receiver, nothing for the rest. */
+export function expectedBy(
+  peers: Record<string, Peer>,
+  receivers: readonly string[],
+  count = 20,
+): Record<string, number[]> {
+  const all = numbered(count).map(Number);
+  return Object.fromEntries(
+    Object.values(peers).map((peer) => [peer.name, receivers.includes(peer.name) ? all : []]),
+  );
+}
+
+/** Options of {@link sendNumbered}. */
+export interface SendNumberedOptions {
+  /** Every client to watch, by name (those not among the receivers must get nothing). */
+  peers: Record<string, Peer>;
+  /** The names of the clients that should get the messages. */
+  receivers: readonly string[];
+  /** The messages' prefix (`${prefix}1` ..). */
+  prefix: string;
+  /** How many (default 20). */
+  count?: number;
+  /** How long the receivers may take, in ms (default 5000). */
+  timeout?: number;
+  /** How long to wait after, for a duplicate or a stray delivery, in ms (default 150). */
+  settle?: number;
+}
+
+/**
+ * Sends `count` numbered messages to `target` from `from` in one event-loop turn, waits until
+ * every receiver has that many (failing with what everyone got if not), then a little longer,
+ * and resolves with the local deliveries `from` reported and what every peer got
+ * ({@link receivedBy}): compare it with {@link expectedBy}.
+ */
+export async function sendNumbered(
+  from: Instance,
+  target: WireTarget | undefined,
+  options: SendNumberedOptions,
+): Promise<{ local: number; got: Record<string, number[]> }> {
+  const { peers, receivers, prefix, count = 20, timeout = 5000, settle = 150 } = options;
+  const local = await from.broadcastMany(target, count, prefix);
+  await waitFor(
+    () => receivers.every((name) => numbersOf(peers[name].seen, prefix).length >= count),
+    timeout,
+    `${receivers.join(', ')} to get ${count} messages ${prefix}`,
+  ).catch((error: Error) => {
+    error.message += `\n${JSON.stringify(receivedBy(peers, prefix))}`;
+    throw error;
+  });
+  await delay(settle);
+  return { local, got: receivedBy(peers, prefix) };
+}
+
+/**
+ * Broadcasts `${prefix}<n>` to everyone from `from` every 100 ms or so until `peer` gets one:
+ * the moment delivery between the two instances works again. Resolves with how long it took.
+ */
+export async function deliveryResumes(
+  from: Instance,
+  peer: Peer,
+  timeout: number,
+  prefix: string,
+): Promise<number> {
+  const started = Date.now();
+  let n = 0;
+  await waitFor(
+    async () => {
+      if (numbersOf(peer.seen, prefix).length > 0) return true;
+      await from.broadcast(undefined, `${prefix}${++n}`);
+      await delay(80);
+      return numbersOf(peer.seen, prefix).length > 0;
+    },
+    timeout,
+    `${peer.name} to get a broadcast from ${from.instanceId}`,
+  );
+  return Date.now() - started;
 }
