@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [-- soak]`: the "broadcast at scale" benchmark.
+ * `npm run bench [-- --quick] [-- soak | redis]`: the "broadcast at scale" benchmark.
  *
  * One run, side by side, on the same load processes: fan-out (paced and burst), connection
  * accept rate, idle memory per connection, echo round trips — for raw `ws` (naive and best
@@ -19,6 +19,7 @@ import { fdLimits, startClients, type ProcessOptions } from './lib/processes.js'
 import { markdown, REFERENCE } from './lib/report.js';
 import { combineEcho, runEchoVariant, type EchoVariantResult } from './echo.js';
 import { runFanoutVariant, type FanoutVariantResult } from './fanout.js';
+import { runRedisBench } from './redis.js';
 import { runSoak } from './soak.js';
 
 const RESULTS_DIR = fileURLToPath(new URL('../../bench/results/', import.meta.url));
@@ -221,10 +222,15 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   mkdirSync(RESULTS_DIR, { recursive: true });
-  const name = `${config.mode === 'soak' ? 'soak-' : ''}${stamp()}${config.quick ? '-quick' : ''}`;
+  const name = `${config.mode === 'bench' ? '' : `${config.mode}-`}${stamp()}${config.quick ? '-quick' : ''}`;
   const logFile = `${RESULTS_DIR}${name}.log`;
   const limits = fdLimits();
-  const needed = Math.max(config.n, config.mode === 'soak' ? config.soakConns : 0) + 1000;
+  const needed =
+    Math.max(
+      config.n,
+      config.mode === 'soak' ? config.soakConns : 0,
+      config.mode === 'redis' ? config.redisClients : 0,
+    ) + 1000;
   if (limits.hard < needed)
     log(
       `warning: open files hard limit ${limits.hard} < ${needed}: the server may run out of descriptors`,
@@ -255,6 +261,16 @@ async function main(): Promise<void> {
     log(`\nJSON: ${file}\nruntime: ${soak.runtimeS.toFixed(0)} s`);
     processes.log.end();
     process.exitCode = soak.pass ? 0 : 1;
+    return;
+  }
+
+  if (config.mode === 'redis') {
+    const redis = await runRedisBench(config, processes, machine, logFile, log, finish);
+    process.stdout.write(redis.report);
+    writeFileSync(file, JSON.stringify({ config, machine, ...redis }, null, 2));
+    log(`\nJSON: ${file}\nruntime: ${redis.runtimeS.toFixed(0)} s`);
+    processes.log.end();
+    process.exitCode = redis.clean ? 0 : 1;
     return;
   }
 

@@ -3,7 +3,7 @@
  * with `--name=value` or `BENCH_NAME=value` (e.g. `--n=2000`, `BENCH_ROUNDS=5`).
  */
 export interface Config {
-  mode: 'bench' | 'soak';
+  mode: 'bench' | 'soak' | 'redis';
   quick: boolean;
   /** Fan-out, memory and accept-rate connections. */
   n: number;
@@ -45,6 +45,34 @@ export interface Config {
   soakConcurrency: number;
   soakTickMs: number;
   soakRoomsPerTick: number;
+  // redis (bench/redis.ts)
+  /** Connections over all instances. */
+  redisClients: number;
+  /** App instances of the scaled-out variants. */
+  redisInstances: number;
+  /** Broadcasts per scenario round. */
+  redisMessages: number;
+  redisRooms: number;
+  /** Measured rounds of the everyone scenario; the median is reported. */
+  redisRounds: number;
+  /** Measured rounds of the rooms and local rooms scenarios (short ones). */
+  redisRoomRounds: number;
+  /** Broadcasts to everyone per round of the latency scenario, one every `redisLatencyIntervalMs`. */
+  redisLatencyMessages: number;
+  redisLatencyIntervalMs: number;
+  /** Broadcasts to one room each per round of the room latency scenario, and their interval. */
+  redisRoomLatencyMessages: number;
+  redisRoomLatencyIntervalMs: number;
+  /** Rounds of each latency scenario; the median p50 and p99 are reported. */
+  redisLatencyRounds: number;
+  /** `everyone`, `latency`, `rooms`, `room-latency`, `local-rooms`. */
+  redisScenarios: string[];
+  /** `ours-redis`, `ours-single`, `socketio-redis`. */
+  redisVariants: string[];
+  /** A round that has not completed after this is reported as a timeout. */
+  redisTimeoutMs: number;
+  /** No variant (or second try of a disturbed one) starts past this; no round 60 s after it. */
+  redisDeadlineMs: number;
 }
 
 export const FANOUT_VARIANTS = ['ws-naive', 'ws-best', 'nest-gateway', 'socketio', 'uws', 'ours'];
@@ -90,6 +118,21 @@ const FULL: Omit<Config, 'mode' | 'quick'> = {
   soakConcurrency: 200,
   soakTickMs: 100,
   soakRoomsPerTick: 10,
+  redisClients: 3000,
+  redisInstances: 3,
+  redisMessages: 200,
+  redisRooms: 1000,
+  redisRounds: 3,
+  redisRoomRounds: 5,
+  redisLatencyMessages: 20,
+  redisLatencyIntervalMs: 50,
+  redisRoomLatencyMessages: 100,
+  redisRoomLatencyIntervalMs: 10,
+  redisLatencyRounds: 3,
+  redisScenarios: ['everyone', 'latency', 'rooms', 'room-latency', 'local-rooms'],
+  redisVariants: ['ours-redis', 'ours-single', 'socketio-redis'],
+  redisTimeoutMs: 30_000,
+  redisDeadlineMs: 150_000,
 };
 
 const QUICK: Partial<Config> = {
@@ -106,6 +149,15 @@ const QUICK: Partial<Config> = {
   soakMs: 10_000,
   soakLifeMinMs: 2000,
   soakLifeMaxMs: 8000,
+  redisClients: 600,
+  redisMessages: 50,
+  redisRooms: 200,
+  redisRounds: 1,
+  redisRoomRounds: 2,
+  redisLatencyMessages: 10,
+  redisRoomLatencyMessages: 50,
+  redisLatencyRounds: 1,
+  redisDeadlineMs: 90_000,
 };
 
 function parseValue(current: unknown, raw: string): unknown {
@@ -130,7 +182,11 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
     flags.set(name, rest.length ? rest.join('=') : 'true');
   }
   const quick = flags.has('quick') || env.BENCH_QUICK === '1';
-  const mode = positional.includes('soak') ? 'soak' : 'bench';
+  const mode = positional.includes('soak')
+    ? 'soak'
+    : positional.includes('redis')
+      ? 'redis'
+      : 'bench';
   const config: Config = { ...FULL, ...(quick ? QUICK : {}), mode, quick };
   const known = new Set(['quick', ...Object.keys(FULL).map(kebab)]);
   for (const name of flags.keys()) {
@@ -141,9 +197,39 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
     const raw = flags.get(kebab(key)) ?? env[envName(key)];
     if (raw !== undefined) (config as any)[key] = parseValue(config[key], raw);
   }
-  if (positional.some((arg) => arg !== 'soak')) throw new Error(`unknown argument ${positional}`);
+  if (positional.some((arg) => arg !== 'soak' && arg !== 'redis') || positional.length > 1)
+    throw new Error(`unknown argument ${positional}`);
+  if (mode === 'redis') checkRedisBounds(config);
   return config;
 }
 
-export const USAGE = `npm run bench [-- [soak] [--quick] [--name=value …]]
+/** Every count of the Redis bench within bounds, so that no loop of it can run away. */
+function checkRedisBounds(config: Config): void {
+  const within = (key: keyof Config, min: number, max: number) => {
+    const value = config[key] as number;
+    if (!Number.isInteger(value) || value < min || value > max)
+      throw new Error(`--${kebab(key)} must be an integer in [${min}, ${max}], not ${value}`);
+  };
+  within('redisInstances', 2, 8);
+  within('redisClients', config.redisInstances, 30_000);
+  within('redisMessages', 1, 10_000);
+  within('redisRooms', 1, config.redisClients);
+  within('redisRounds', 1, 10);
+  within('redisRoomRounds', 1, 20);
+  within('redisLatencyMessages', 1, 1000);
+  within('redisLatencyIntervalMs', 1, 1000);
+  within('redisRoomLatencyMessages', 1, 10_000);
+  within('redisRoomLatencyIntervalMs', 1, 1000);
+  within('redisLatencyRounds', 1, 10);
+  within('redisTimeoutMs', 1000, 120_000);
+  within('redisDeadlineMs', 10_000, 30 * 60_000);
+  const known = ['ours-redis', 'ours-single', 'socketio-redis'];
+  const unknown = config.redisVariants.filter((v) => !known.includes(v));
+  if (unknown.length) throw new Error(`unknown --redis-variants ${unknown}; known: ${known}`);
+  const scenarios = ['everyone', 'latency', 'rooms', 'room-latency', 'local-rooms'];
+  const other = config.redisScenarios.filter((s) => !scenarios.includes(s));
+  if (other.length) throw new Error(`unknown --redis-scenarios ${other}; known: ${scenarios}`);
+}
+
+export const USAGE = `npm run bench [-- [soak | redis] [--quick] [--name=value …]]
   options (or BENCH_NAME=value): ${Object.keys(FULL).map(kebab).join(', ')}`;
