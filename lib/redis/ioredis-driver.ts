@@ -8,8 +8,8 @@ export interface IoRedisClient {
   readonly status: string;
   connect(): Promise<void>;
   duplicate(override?: Record<string, unknown>): IoRedisClient;
-  publish(channel: string, message: Buffer): Promise<number>;
-  spublish(channel: string, message: Buffer): Promise<number>;
+  publish(channel: string, message: Buffer): Promise<unknown>;
+  spublish(channel: string, message: Buffer): Promise<unknown>;
   subscribe(...channels: string[]): Promise<unknown>;
   unsubscribe(...channels: string[]): Promise<unknown>;
   ssubscribe(...channels: string[]): Promise<unknown>;

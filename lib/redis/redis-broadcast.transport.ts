@@ -124,7 +124,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
   private refusedLoggedAt = -Infinity;
   /** Bytes of publishes sent and not answered yet. */
   private backlog = 0;
-  /** Frames received (of every kind): a probe that waits behind traffic is not a dead link. */
+  /** Broadcast frames received: a probe that waits behind such traffic is not a dead link. */
   private framesSeen = 0;
   private publishesAnswered = 0;
   private readyAt = 0;
@@ -366,7 +366,6 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
 
   /** One frame from Redis: handled at once, never awaited, so the read path keeps up. */
   private received(bytes: Buffer): void {
-    this.framesSeen++;
     let frame;
     try {
       frame = decodeFrame(bytes);
@@ -377,6 +376,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     const binding = this.binding!;
     if (frame.kind === 'packet') {
       this.counters.received++;
+      this.framesSeen++;
       const { packet } = frame;
       if (packet.origin === this.self) return;
       if (frame.severalChannels && !this.recent.firstTime(packet.origin, packet.serial ?? 0)) {
@@ -464,7 +464,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
       await driver.recycle();
       return;
     }
-    if (!(await this.probe())) {
+    if (!(await this.probe(false))) {
       this.markDown(new Error('the probe did not come back through the subscriber'));
       await driver.recycle();
       return;
@@ -503,9 +503,11 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
 
   /**
    * A publish through the subscriber's own channel: the end-to-end check of the link. One at
-   * a time: a probe still waiting is joined, never cut short by the next.
+   * a time: a probe still waiting is joined, never cut short by the next. `patient` (a link
+   * that worked): it waits longer while traffic moves; a verification after a reconnect does
+   * not, it tries again soon instead.
    */
-  private probe(): Promise<boolean> {
+  private probe(patient: boolean): Promise<boolean> {
     if (this.probeWaiting) return this.probeWaiting.result;
     const driver = this.driver!;
     const n = ++this.probeSerial;
@@ -526,7 +528,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
         const moved = now !== progress;
         progress = now;
         const late = !lateExtended && Date.now() - sentAt > (extensions + 1.5) * probeTimeout;
-        if ((moved && extensions < MAX_PROBE_EXTENSIONS) || late) {
+        if ((patient && moved && extensions < MAX_PROBE_EXTENSIONS) || late) {
           if (late) lateExtended = true;
           extensions++;
           timer = setTimeout(expired, probeTimeout);
@@ -558,7 +560,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
 
   private async probeWhileUp(): Promise<void> {
     if (!this.ready || this.verifying || this.probeWaiting) return;
-    if (await this.probe()) return;
+    if (await this.probe(true)) return;
     if (!this.ready) return;
     this.markDown(new Error('a probe of the subscriber connection did not come back'));
     await this.driver!.recycle();

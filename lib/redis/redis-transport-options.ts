@@ -77,7 +77,7 @@ export interface RedisClusterOptions extends RedisTransportTuning {
 
 /** Options of `RedisBroadcastTransport`. */
 export type RedisBroadcastTransportOptions =
-  RedisUrlOptions | RedisClientOptions | RedisClusterOptions;
+  RedisUrlOptions | RedisClientOptions | RedisClusterOptions | RedisIoRedisOptions;
 
 /** The defaults of {@link RedisTransportTuning} (the README's defaults table has them too). */
 export const REDIS_TRANSPORT_DEFAULTS = {

@@ -154,7 +154,7 @@ describeRedis('RedisBroadcastTransport in one process', () => {
     const io = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
     io.on('error', () => undefined);
     try {
-      const a = await boot('t5', { ioredis: io, probeInterval: 300, probeTimeout: 300 } as never);
+      const a = await boot('t5', { ioredis: io, probeInterval: 300, probeTimeout: 300 });
       const b = await boot('t5', { probeInterval: 300, probeTimeout: 300 });
       const onA = await client(a.app, '/feed?room=io');
       const left = await client(a.app, '/feed?room=gone');
