@@ -87,6 +87,7 @@ export {
   encodePacket,
   encodeCountRequest,
   encodeControl,
+  isPacketFrom,
   PacketFormatError,
   WIRE_FORMAT_VERSION,
   type WireFrame,

@@ -3,6 +3,7 @@ import {
   encodeControl,
   encodeCountRequest,
   encodePacket,
+  isPacketFrom,
   PacketFormatError,
   WIRE_FORMAT_VERSION,
 } from './wire-format.js';
@@ -81,6 +82,17 @@ describe('wire format', () => {
     ) as { packet: BroadcastPacket };
     expect(frame.packet.rooms).toEqual(names);
     expect(frame.packet.users).toEqual(['\udc00']);
+  });
+
+  it('tells a packet of one origin from its header alone', () => {
+    const bytes = encodePacket(full);
+    expect(isPacketFrom(bytes, Buffer.from(full.origin))).toBe(true);
+    expect(isPacketFrom(bytes, Buffer.from('abcDEF012_-y'))).toBe(false);
+    expect(isPacketFrom(bytes, Buffer.from('abcDEF012_-'))).toBe(false);
+    expect(
+      isPacketFrom(encodeControl({ type: 'bye', instance: full.origin }), Buffer.from(full.origin)),
+    ).toBe(false);
+    expect(isPacketFrom(bytes.subarray(0, 8), Buffer.from(full.origin))).toBe(false);
   });
 
   it('reads a frame with fields a later minor version appended', () => {

@@ -100,6 +100,23 @@ export function encodeControl(control: ControlMessage): Buffer {
 }
 
 /**
+ * Whether `bytes` is a broadcast packet of this format sent by `origin` (given as its bytes),
+ * read from the header alone: a receiver drops the echo of its own publishes without decoding.
+ */
+export function isPacketFrom(bytes: Buffer, origin: Buffer): boolean {
+  const at = HEADER + 2; // after the flags and the origin's length
+  return (
+    bytes.length >= at + origin.length &&
+    bytes[0] === MAGIC_0 &&
+    bytes[1] === MAGIC_1 &&
+    bytes[2] === WIRE_FORMAT_VERSION &&
+    bytes[3] === KIND_PACKET &&
+    bytes[HEADER + 1] === origin.length &&
+    bytes.compare(origin, 0, origin.length, at, at + origin.length) === 0
+  );
+}
+
+/**
  * Reads one frame. The payload of a packet is a view of `bytes`, not a copy. Throws
  * {@link PacketFormatError} for anything else, naming the version when it is another one.
  */

@@ -17,6 +17,7 @@ import {
   encodeControl,
   encodeCountRequest,
   encodePacket,
+  isPacketFrom,
   PacketFormatError,
   type ControlMessage,
 } from '../broadcast/wire-format.js';
@@ -64,6 +65,8 @@ export interface RedisTransportStats {
   publishFailures: number;
   /** Broadcast frames that arrived on this instance's channels (its own echoes included). */
   received: number;
+  /** Of `received`: echoes of this instance's own publishes (dropped unread). */
+  echoes: number;
   /** Broadcast frames of other instances handed to this instance's connections. */
   delivered: number;
   /** Frames that arrived twice (a packet published to several channels) and were dropped. */
@@ -105,6 +108,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
   private binding: TransportBinding | undefined;
   private names!: ChannelNames;
   private self = '';
+  private selfBytes = Buffer.alloc(0);
   private ownChannel = '';
   private driver: PubSubDriver | undefined;
   private subscriptions: Subscriptions | undefined;
@@ -132,6 +136,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     published: 0,
     publishFailures: 0,
     received: 0,
+    echoes: 0,
     delivered: 0,
     deduplicated: 0,
     incompatible: 0,
@@ -185,6 +190,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     if (this.binding) throw new Error('RedisBroadcastTransport: one transport per application');
     this.binding = binding;
     this.self = binding.instanceId;
+    this.selfBytes = Buffer.from(this.self);
     this.ownChannel = this.names.instance(this.self);
     this.directory = new InstanceDirectory(this.self);
     this.counts = new PendingCounts(this.self);
@@ -366,6 +372,13 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
 
   /** One frame from Redis: handled at once, never awaited, so the read path keeps up. */
   private received(bytes: Buffer): void {
+    if (isPacketFrom(bytes, this.selfBytes)) {
+      // The echo of this instance's own publish: delivered already, when it was sent.
+      this.counters.received++;
+      this.counters.echoes++;
+      this.framesSeen++;
+      return;
+    }
     let frame;
     try {
       frame = decodeFrame(bytes);
@@ -378,7 +391,10 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
       this.counters.received++;
       this.framesSeen++;
       const { packet } = frame;
-      if (packet.origin === this.self) return;
+      if (packet.origin === this.self) {
+        this.counters.echoes++;
+        return;
+      }
       if (frame.severalChannels && !this.recent.firstTime(packet.origin, packet.serial ?? 0)) {
         this.counters.deduplicated++;
         return;
