@@ -185,7 +185,10 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     };
   }
 
-  /** @internal Starts connecting in the background: an instance boots while Redis is down. */
+  /**
+   * Called by `BroadcastService` at start-up. Starts connecting in the background: an instance
+   * boots while Redis is down.
+   */
   bind(binding: TransportBinding): void {
     if (this.binding) throw new Error('RedisBroadcastTransport: one transport per application');
     this.binding = binding;
@@ -210,19 +213,20 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     this.driver.start();
   }
 
-  /** @internal */
+  /** This instance got its first member of a route, room or user (called by the registry). */
   subscribe(kind: MembershipKind, name: string): void {
     this.subscriptions?.want(this.names.member(kind, name));
   }
 
-  /** @internal */
+  /** This instance lost its last member of a route, room or user: unsubscribed after `linger`. */
   unsubscribe(kind: MembershipKind, name: string): void {
     this.subscriptions?.drop(this.names.member(kind, name));
   }
 
   /**
-   * @internal One frame, encoded once, published to each target channel (pipelined by
-   * node-redis in the same turn). Refused at once while Redis is unreachable.
+   * Called by `BroadcastService` after local delivery. One frame, encoded once, published to
+   * each target channel (pipelined by node-redis in the same turn). Refused at once while the
+   * transport is not ready, or beyond `maxPublishBacklog`.
    */
   publish(packet: BroadcastPacket): Promise<unknown> | undefined {
     const driver = this.driver;
@@ -261,7 +265,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     );
   }
 
-  /** @internal Asks every instance heard from lately; those that do not answer are `missing`. */
+  /** For `count()`: asks every instance heard from lately; those that do not answer are `missing`. */
   async count(packet: BroadcastPacket, timeout: number): Promise<RemoteCount> {
     // Just (re)connected: the others answer this instance's hello within a round trip.
     const settling = this.readyAt + PRESENCE_SETTLE - Date.now();
@@ -277,7 +281,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     return answer;
   }
 
-  /** @internal Says goodbye, unsubscribes, closes the connections it made. */
+  /** At shutdown: says goodbye, unsubscribes, closes the connections it made. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
