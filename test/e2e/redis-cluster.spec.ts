@@ -1,11 +1,17 @@
 import {
   channels,
+  expectedBy,
   memberChannel,
   numbered,
   numbersOf,
+  sendNumbered,
+  sendSeries,
+  sentTo,
   startInstances,
   stopInstances,
   waitFor,
+  waitForInstanceCount,
+  waitForReadiness,
   waitForSubscribers,
   whileAllAlive,
   type Instance,
@@ -30,7 +36,6 @@ describeRedis('Redis scale-out on a Redis Cluster: three instances, three shards
   let B: Instance;
   let C: Instance;
   const peers: Record<string, Peer> = {};
-  const all = () => Object.values(peers);
   let sequence = 0;
 
   beforeAll(async () => {
@@ -59,22 +64,13 @@ describeRedis('Redis scale-out on a Redis Cluster: three instances, three shards
       [memberChannel('user', 'alice')]: 2,
       [memberChannel('user', 'bob')]: 1,
     });
-    for (const instance of instances)
-      await waitFor(
-        async () => (await instance.count(undefined, 500)).instances === 3,
-        5000,
-        `instance ${instance.instanceId} to know the other two`,
-      );
+    await waitForInstanceCount(instances, 3);
   }, 45_000);
 
   afterAll(async () => {
     await stopInstances(instances);
     await cluster?.stop();
   });
-
-  function got(prefix: string): Record<string, number[]> {
-    return Object.fromEntries(all().map((peer) => [peer.name, numbersOf(peer.seen, prefix)]));
-  }
 
   /** 20 numbered messages from `from` to `target`: exactly `receivers` get 1..20, in order. */
   async function expectDelivery(
@@ -83,25 +79,10 @@ describeRedis('Redis scale-out on a Redis Cluster: three instances, three shards
     receivers: string[],
   ): Promise<void> {
     const prefix = `k${++sequence}:`;
-    await whileAllAlive(instances, async () => {
-      await from.broadcastMany(target, 20, prefix);
-      await waitFor(
-        () => receivers.every((name) => numbersOf(peers[name].seen, prefix).length >= 20),
-        5000,
-        `${receivers.join(', ')} to get 20 messages ${prefix}`,
-      ).catch((error: Error) => {
-        error.message += `\n${JSON.stringify(got(prefix))}`;
-        throw error;
-      });
-      await delay(150);
-    });
-    const expected = Object.fromEntries(
-      all().map((peer) => [
-        peer.name,
-        receivers.includes(peer.name) ? numbered(20).map(Number) : [],
-      ]),
+    const { got } = await whileAllAlive(instances, () =>
+      sendNumbered(from, target, { peers, receivers, prefix }),
     );
-    expect(got(prefix)).toEqual(expected);
+    expect(got).toEqual(expectedBy(peers, receivers));
   }
 
   it('everyone', async () => {
@@ -140,20 +121,16 @@ describeRedis('Redis scale-out on a Redis Cluster: three instances, three shards
       { connections: [peers.a2.id] },
     ];
     const prefix = `series${++sequence}:`;
-    const steps = numbered(60, prefix).map((message, i) => ({ target: targets[i % 3], message }));
-    await whileAllAlive(instances, async () => {
-      await C.broadcastSeries(steps);
-      await waitFor(() => numbersOf(peers.a2.seen, prefix).length >= 60, 5000, 'a2 to get 60');
-      await delay(150);
-    });
+    await whileAllAlive(instances, () =>
+      sendSeries(C, targets, { peer: peers.a2, prefix, count: 60 }),
+    );
     const of = (seen: number[], kind: number) => seen.filter((n) => (n - 1) % 3 === kind);
-    const sent = numbered(60).map(Number);
     const a2 = numbersOf(peers.a2.seen, prefix);
-    expect([...a2].sort((x, y) => x - y)).toEqual(sent);
-    for (const kind of [0, 1, 2]) expect(of(a2, kind)).toEqual(of(sent, kind));
+    expect([...a2].sort((x, y) => x - y)).toEqual(sentTo(60, 3, 0, 1, 2));
+    for (const kind of [0, 1, 2]) expect(of(a2, kind)).toEqual(sentTo(60, 3, kind));
     const b2 = numbersOf(peers.b2.seen, prefix);
-    expect([...b2].sort((x, y) => x - y)).toEqual(sent.filter((n) => (n - 1) % 3 !== 2));
-    for (const kind of [0, 1]) expect(of(b2, kind)).toEqual(of(sent, kind));
+    expect([...b2].sort((x, y) => x - y)).toEqual(sentTo(60, 3, 0, 1));
+    for (const kind of [0, 1]) expect(of(b2, kind)).toEqual(sentTo(60, 3, kind));
   });
 
   it('count() across the instances', async () => {
@@ -193,8 +170,7 @@ describeRedis('Redis scale-out on a Redis Cluster: three instances, three shards
         15_000,
         'room red to reach a2 and b2 again',
       );
-      for (const instance of instances)
-        await waitFor(async () => (await instance.stats()).ready, 10_000, 'ready again');
+      await waitForReadiness(instances, true, 10_000, 'ready again');
       await waitForSubscribers(redis, { [red]: 2, [channels().everyone]: 3 });
     });
     await expectDelivery(C, { rooms: ['red'] }, ['a2', 'b2']);

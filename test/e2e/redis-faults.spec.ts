@@ -1,12 +1,19 @@
 import {
+  byName,
+  deliveryResumes,
+  expectedBy,
+  isReady,
   memberChannel,
-  numsub,
   numbered,
   numbersOf,
+  numsub,
+  sendNumbered,
   startInstance,
   startInstances,
   stopInstances,
   waitFor,
+  waitForInstanceCount,
+  waitForReadiness,
   waitForSubscribers,
   whileAllAlive,
   type Instance,
@@ -40,8 +47,6 @@ describeRedis('Redis faults: the server dies, comes back, freezes', () => {
   /** Whether A runs its broadcast loop (stopped after a test that failed midway). */
   let looping = false;
 
-  const ready = async (instance: Instance) => (await instance.stats()).ready;
-
   afterEach(async () => {
     if (looping && A.app.alive()) await A.stopLoop();
     looping = false;
@@ -60,14 +65,8 @@ describeRedis('Redis faults: the server dies, comes back, freezes', () => {
       [memberChannel('route', '/live')]: 2,
       [memberChannel('room', 'r')]: 2,
     });
-    for (const instance of instances) {
-      await waitFor(() => ready(instance), 5000, `${instance.instanceId} ready`);
-      await waitFor(
-        async () => (await instance.count(undefined, 300)).instances === 2,
-        5000,
-        `${instance.instanceId} to know the other instance`,
-      );
-    }
+    await waitForReadiness(instances, true, 5000, 'both ready');
+    await waitForInstanceCount(instances, 2, 300);
   }, 30_000);
 
   afterAll(async () => {
@@ -78,41 +77,19 @@ describeRedis('Redis faults: the server dies, comes back, freezes', () => {
 
   /** Sends 20 numbered messages from `from` to everyone; each of `receivers` gets 1..20. */
   async function expectEveryoneGets(from: Instance, receivers: Peer[]): Promise<void> {
+    const peers = byName(receivers);
+    const names = Object.keys(peers);
     const prefix = `e${++sequence}:`;
-    await from.broadcastMany(undefined, 20, prefix);
-    await waitFor(
-      () => receivers.every((peer) => numbersOf(peer.seen, prefix).length >= 20),
-      5000,
-      `20 messages ${prefix} on ${receivers.map((peer) => peer.name).join(', ')}`,
-    );
-    await delay(100);
-    for (const peer of receivers)
-      expect([peer.name, numbersOf(peer.seen, prefix)]).toEqual([
-        peer.name,
-        numbered(20).map(Number),
-      ]);
+    const { got } = await sendNumbered(from, undefined, {
+      peers,
+      receivers: names,
+      prefix,
+      settle: 100,
+    });
+    expect(got).toEqual(expectedBy(peers, names));
   }
 
-  /**
-   * Broadcasts `probe<n>` from `from` every 100 ms until `peer` gets one: the moment delivery
-   * between the two instances works again. Resolves with how long it took.
-   */
-  async function deliveryResumes(from: Instance, peer: Peer, timeout: number): Promise<number> {
-    const started = Date.now();
-    const prefix = `probe${++sequence}:`;
-    let n = 0;
-    await waitFor(
-      async () => {
-        if (numbersOf(peer.seen, prefix).length > 0) return true;
-        await from.broadcast(undefined, `${prefix}${++n}`);
-        await delay(80);
-        return numbersOf(peer.seen, prefix).length > 0;
-      },
-      timeout,
-      `${peer.name} to get a broadcast from ${from.instanceId}`,
-    );
-    return Date.now() - started;
-  }
+  const probe = () => `probe${++sequence}:`;
 
   it('SIGKILL mid-stream: local delivery goes on, the other instance misses some, then gets the rest, never twice', async () => {
     await whileAllAlive(instances, async () => {
@@ -123,7 +100,7 @@ describeRedis('Redis faults: the server dies, comes back, freezes', () => {
 
       await server.kill('SIGKILL');
       const killedAt = numbersOf(a1.seen, prefix).length;
-      await waitFor(async () => !(await ready(A)) && !(await ready(B)), 3000, 'both down');
+      await waitForReadiness([A, B], false, 3000, 'both down');
       // count() cannot reach B: its own connections only, B named as missing.
       expect(await A.count(undefined, 300)).toEqual({
         count: 2,
@@ -147,7 +124,7 @@ describeRedis('Redis faults: the server dies, comes back, freezes', () => {
         'b1 to get messages again after the restart',
       );
       const resumedIn = Date.now() - restartedAt;
-      await waitFor(async () => (await ready(A)) && (await ready(B)), 10_000, 'both ready');
+      await waitForReadiness([A, B], true, 10_000, 'both ready');
       looping = false;
       const sent = await A.stopLoop();
 
@@ -180,14 +157,14 @@ describeRedis('Redis faults: the server dies, comes back, freezes', () => {
   it('membership changes while Redis is down: after the reconnect, subscribed from the list of what is needed', async () => {
     await whileAllAlive(instances, async () => {
       await server.kill('SIGKILL');
-      await waitFor(async () => !(await ready(A)) && !(await ready(B)), 3000, 'both down');
+      await waitForReadiness([A, B], false, 3000, 'both down');
       // B loses its only member of room r, and gets a member of the new room late.
       b2.client.emit('leave', 'r');
       await waitFor(() => b2.seen.includes('{"event":"left","data":"r"}'), 3000, 'b2 to leave r');
       const b3 = await B.connect('/rooms/late', 'b3');
       await delay(200); // past the linger (50 ms)
       await server.restart();
-      await waitFor(async () => (await ready(A)) && (await ready(B)), 10_000, 'both ready');
+      await waitForReadiness([A, B], true, 10_000, 'both ready');
 
       await waitForSubscribers(redis, { [memberChannel('room', 'late')]: 1 });
       const before = await B.stats();
@@ -219,7 +196,7 @@ describeRedis('Redis faults: the server dies, comes back, freezes', () => {
   it('an instance started while Redis is down boots, serves its own clients, and joins once Redis is back', async () => {
     await server.kill('SIGKILL');
     await whileAllAlive(instances, async () => {
-      await waitFor(async () => !(await ready(A)) && !(await ready(B)), 3000, 'both down');
+      await waitForReadiness([A, B], false, 3000, 'both down');
       late = await startInstance({ redis, ...tuning });
       const C = late;
       await whileAllAlive([C], async () => {
@@ -233,10 +210,10 @@ describeRedis('Redis faults: the server dies, comes back, freezes', () => {
         expect(stats.publishFailures).toBe(1);
 
         await server.restart();
-        await waitFor(() => ready(C), 10_000, 'the late instance to be ready');
-        await waitFor(async () => (await ready(A)) && (await ready(B)), 10_000, 'A and B ready');
-        await deliveryResumes(A, c1, 10_000);
-        await deliveryResumes(C, b1, 10_000);
+        await waitFor(() => isReady(C), 10_000, 'the late instance to be ready');
+        await waitForReadiness([A, B], true, 10_000, 'A and B ready');
+        await deliveryResumes(A, c1, 10_000, probe());
+        await deliveryResumes(C, b1, 10_000, probe());
         await waitFor(
           async () => (await C.count(undefined, 300)).instances === 3,
           5000,
@@ -264,7 +241,7 @@ describeRedis('Redis faults: the server dies, comes back, freezes', () => {
       try {
         const until = Date.now() + 1000;
         while (Date.now() < until) {
-          readiness.push(await ready(A));
+          readiness.push(await isReady(A));
           await delay(50);
         }
       } finally {
@@ -281,18 +258,18 @@ describeRedis('Redis faults: the server dies, comes back, freezes', () => {
 
   it('a frozen server (SIGSTOP): the probe notices, and the transport recovers after SIGCONT', async () => {
     await whileAllAlive(late ? [...instances, late] : instances, async () => {
-      await waitFor(async () => (await ready(A)) && (await ready(B)), 10_000, 'both ready');
+      await waitForReadiness([A, B], true, 10_000, 'both ready');
       process.kill(server.pid, 'SIGSTOP');
       try {
         // No socket error: only the probe (every 500 ms, 2 s to answer) can tell.
-        await waitFor(async () => !(await ready(A)), 6000, 'A to notice the frozen server');
+        await waitFor(async () => !(await isReady(A)), 6000, 'A to notice the frozen server');
         expect(await A.broadcast(undefined, 'while frozen')).toBe(2);
         await waitFor(() => a1.seen.includes('while frozen'), 3000, 'local delivery');
       } finally {
         process.kill(server.pid, 'SIGCONT');
       }
-      await waitFor(async () => (await ready(A)) && (await ready(B)), 15_000, 'both ready again');
-      await deliveryResumes(A, b1, 10_000);
+      await waitForReadiness([A, B], true, 15_000, 'both ready again');
+      await deliveryResumes(A, b1, 10_000, probe());
       await expectEveryoneGets(B, [a1, a2, b1, b2]);
     });
   });

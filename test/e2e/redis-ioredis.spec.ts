@@ -1,6 +1,7 @@
 import {
   deliveryResumes,
   expectedBy,
+  expectedSend,
   isReady,
   memberChannel,
   numbered,
@@ -8,9 +9,13 @@ import {
   numsub,
   receivedBy,
   sendNumbered,
+  sendSeries,
+  sentTo,
   startInstance,
   stopInstances,
   waitFor,
+  waitForInstanceCount,
+  waitForReadiness,
   waitForSubscribers,
   whileAllAlive,
   within,
@@ -98,15 +103,7 @@ describe.each(TOPOLOGIES)('Redis over ioredis: $name', ({ drivers }) => {
         [memberChannel('user', 'bob')]: 2,
         [memberChannel('user', 'dave')]: 1,
       });
-      await Promise.all(
-        instances.map((instance) =>
-          waitFor(
-            async () => (await instance.count(undefined, 300)).instances === 3,
-            5000,
-            `instance ${instance.instanceId} to know the other two`,
-          ),
-        ),
-      );
+      await waitForInstanceCount(instances, 3, 300);
     }, 30_000);
 
     afterEach(async () => {
@@ -129,11 +126,10 @@ describe.each(TOPOLOGIES)('Redis over ioredis: $name', ({ drivers }) => {
       receivers: string[],
     ): Promise<void> {
       const prefix = `m${++sequence}:`;
-      const local = receivers.filter((name) => peers[name].instance === from).length;
       const sent = await whileAllAlive(instances, () =>
         sendNumbered(from, target, { peers, receivers, prefix }),
       );
-      expect(sent).toEqual({ local: 20 * local, got: expectedBy(peers, receivers) });
+      expect(sent).toEqual(expectedSend(from, peers, receivers));
     }
 
     it('each instance runs on the client it was given', async () => {
@@ -183,16 +179,10 @@ describe.each(TOPOLOGIES)('Redis over ioredis: $name', ({ drivers }) => {
         { connections: [peers.a2.id] },
       ];
       const prefix = `series${++sequence}:`;
-      const steps = numbered(20, prefix).map((message, i) => ({ target: targets[i % 4], message }));
-      await whileAllAlive(instances, async () => {
-        await C.broadcastSeries(steps);
-        await waitFor(() => numbersOf(peers.a2.seen, prefix).length >= 20, 5000, 'a2 to get 20');
-        await delay(150);
-      });
-      const to = (...kinds: number[]) =>
-        numbered(20)
-          .map(Number)
-          .filter((n) => kinds.includes((n - 1) % 4));
+      await whileAllAlive(instances, () =>
+        sendSeries(C, targets, { peer: peers.a2, prefix, count: 20 }),
+      );
+      const to = (...kinds: number[]) => sentTo(20, 4, ...kinds);
       expect(receivedBy(peers, prefix)).toEqual({
         ...expectedBy(peers, []),
         a2: to(0, 1, 2, 3),
@@ -263,11 +253,7 @@ describe.each(TOPOLOGIES)('Redis over ioredis: $name', ({ drivers }) => {
 
         await server.kill('SIGKILL');
         const killedAt = numbersOf(peers.a1.seen, prefix).length;
-        await waitFor(
-          async () => (await Promise.all(instances.map(isReady))).every((ready) => !ready),
-          3000,
-          'all three down',
-        );
+        await waitForReadiness(instances, false, 3000, 'all three down');
         await delay(1000);
         // A's own clients kept getting every message while Redis was gone.
         expect(numbersOf(peers.a1.seen, prefix).length).toBeGreaterThan(killedAt + 20);
@@ -284,11 +270,7 @@ describe.each(TOPOLOGIES)('Redis over ioredis: $name', ({ drivers }) => {
           'B and C to get messages again after the restart',
         );
         const resumedIn = Date.now() - restartedAt;
-        await waitFor(
-          async () => (await Promise.all(instances.map(isReady))).every(Boolean),
-          10_000,
-          'all three ready',
-        );
+        await waitForReadiness(instances, true, 10_000, 'all three ready');
         looping = false;
         const sent = await A.stopLoop();
         await waitFor(
@@ -344,11 +326,7 @@ describe.each(TOPOLOGIES)('Redis over ioredis: $name', ({ drivers }) => {
         const b4 = await B.connect('/rooms/new', 'b4');
         await delay(200); // past the linger (50 ms)
         await server.restart();
-        await waitFor(
-          async () => (await Promise.all(instances.map(isReady))).every(Boolean),
-          10_000,
-          'all three ready',
-        );
+        await waitForReadiness(instances, true, 10_000, 'all three ready');
 
         await waitForSubscribers(redis, { [newRoom]: 1 });
         const before = await B.stats();
@@ -378,11 +356,7 @@ describe.each(TOPOLOGIES)('Redis over ioredis: $name', ({ drivers }) => {
     it('an instance started on ioredis while Redis is down boots, serves its own clients, and joins once Redis is back', async () => {
       await server.kill('SIGKILL');
       await whileAllAlive(instances, async () => {
-        await waitFor(
-          async () => (await Promise.all(instances.map(isReady))).every((ready) => !ready),
-          3000,
-          'all three down',
-        );
+        await waitForReadiness(instances, false, 3000, 'all three down');
         late = await startInstance({ redis, driver: 'ioredis', ...tuning });
         const D = late;
         await whileAllAlive([D], async () => {
@@ -397,24 +371,12 @@ describe.each(TOPOLOGIES)('Redis over ioredis: $name', ({ drivers }) => {
 
           await server.restart();
           await waitFor(() => isReady(D), 10_000, 'the late instance to be ready');
-          await waitFor(
-            async () => (await Promise.all(instances.map(isReady))).every(Boolean),
-            10_000,
-            'A, B and C ready',
-          );
+          await waitForReadiness(instances, true, 10_000, 'A, B and C ready');
           await deliveryResumes(A, d1, 10_000, `probe${++sequence}:`);
           await deliveryResumes(D, peers.b1, 10_000, `probe${++sequence}:`);
           await deliveryResumes(D, peers.c1, 10_000, `probe${++sequence}:`);
           // Each learns of the others from their next hello (every 500 ms) after it is ready.
-          await Promise.all(
-            [...instances, D].map((instance) =>
-              waitFor(
-                async () => (await instance.count(undefined, 300)).instances === 4,
-                5000,
-                `${instance.instanceId} to know the three others`,
-              ),
-            ),
-          );
+          await waitForInstanceCount([...instances, D], 4, 300);
           const prefix = `late${++sequence}:`;
           const everyone = { ...peers, d1, d2 };
           const sent = await sendNumbered(D, undefined, {

@@ -1,15 +1,19 @@
 import {
   channels,
+  expectedSend,
   memberChannel,
-  numbered,
   numbersOf,
+  sendNumbered,
+  sendSeries,
+  sentTo,
   startInstance,
   startInstances,
   stopInstances,
   waitFor,
+  waitForInstanceCount,
   waitForSubscribers,
-  within,
   whileAllAlive,
+  within,
   type Instance,
   type Peer,
   type RedisTopology,
@@ -36,7 +40,6 @@ describeRedis('Redis scale-out: three instances on one redis-server', () => {
   let C: Instance;
   /** Every client of the matrix, by name. */
   const peers: Record<string, Peer> = {};
-  const all = () => Object.values(peers);
   let sequence = 0;
 
   beforeAll(async () => {
@@ -83,23 +86,13 @@ describeRedis('Redis scale-out: three instances on one redis-server', () => {
       [member('user', 'carol')]: 1,
       [member('user', 'dave')]: 1,
     });
-    for (const instance of instances)
-      await waitFor(
-        async () => (await instance.count(undefined, 500)).instances === 3,
-        5000,
-        `instance ${instance.instanceId} to know the other two`,
-      );
+    await waitForInstanceCount(instances, 3);
   }, 30_000);
 
   afterAll(async () => {
     await stopInstances([...instances, extra]);
     await server?.stop();
   });
-
-  /** What each client of the matrix got of the messages `prefix<n>`. */
-  function got(prefix: string): Record<string, number[]> {
-    return Object.fromEntries(all().map((peer) => [peer.name, numbersOf(peer.seen, prefix)]));
-  }
 
   /**
    * Sends 20 numbered messages to `target` from `from` in one event-loop turn, and checks
@@ -111,27 +104,10 @@ describeRedis('Redis scale-out: three instances on one redis-server', () => {
     receivers: string[],
   ): Promise<void> {
     const prefix = `m${++sequence}:`;
-    const local = receivers.filter((name) => peers[name].instance === from).length;
-    await whileAllAlive(instances, async () => {
-      expect(await from.broadcastMany(target, 20, prefix)).toBe(20 * local);
-      await waitFor(
-        () => receivers.every((name) => numbersOf(peers[name].seen, prefix).length >= 20),
-        5000,
-        `${receivers.join(', ')} to get 20 messages ${prefix}`,
-      ).catch((error: Error) => {
-        error.message += `\n${JSON.stringify(got(prefix))}`;
-        throw error;
-      });
-      // A duplicate or a stray delivery would have arrived by now.
-      await delay(150);
-    });
-    const expected = Object.fromEntries(
-      all().map((peer) => [
-        peer.name,
-        receivers.includes(peer.name) ? numbered(20).map(Number) : [],
-      ]),
+    const sent = await whileAllAlive(instances, () =>
+      sendNumbered(from, target, { peers, receivers, prefix }),
     );
-    expect(got(prefix)).toEqual(expected);
+    expect(sent).toEqual(expectedSend(from, peers, receivers));
   }
 
   it('everyone: all twelve clients on the three instances', async () => {
@@ -206,16 +182,10 @@ describeRedis('Redis scale-out: three instances on one redis-server', () => {
       { connections: [peers.a2.id] },
     ];
     const prefix = `series${++sequence}:`;
-    const steps = numbered(40, prefix).map((message, i) => ({ target: targets[i % 4], message }));
-    await whileAllAlive(instances, async () => {
-      await C.broadcastSeries(steps);
-      await waitFor(() => numbersOf(peers.a2.seen, prefix).length >= 40, 5000, 'a2 to get 40');
-      await delay(150);
-    });
-    const to = (...kinds: number[]) =>
-      numbered(40)
-        .map(Number)
-        .filter((n) => kinds.includes((n - 1) % 4));
+    await whileAllAlive(instances, () =>
+      sendSeries(C, targets, { peer: peers.a2, prefix, count: 40 }),
+    );
+    const to = (...kinds: number[]) => sentTo(40, 4, ...kinds);
     expect(numbersOf(peers.a2.seen, prefix)).toEqual(to(0, 1, 2, 3));
     expect(numbersOf(peers.b2.seen, prefix)).toEqual(to(0, 2)); // red, route
     expect(numbersOf(peers.c2.seen, prefix)).toEqual(to(1, 2)); // bob, route

@@ -393,3 +393,84 @@ export async function deliveryResumes(
   );
   return Date.now() - started;
 }
+
+/** Peers by name, as {@link sendNumbered} and {@link expectedBy} take them. */
+export function byName(peers: readonly Peer[]): Record<string, Peer> {
+  return Object.fromEntries(peers.map((peer) => [peer.name, peer]));
+}
+
+/**
+ * What {@link sendNumbered} from `from` should resolve with: `local` counts the messages to
+ * the receivers on `from` itself, `got` is {@link expectedBy}.
+ */
+export function expectedSend(
+  from: Instance,
+  peers: Record<string, Peer>,
+  receivers: readonly string[],
+  count = 20,
+): { local: number; got: Record<string, number[]> } {
+  const local = receivers.filter((name) => peers[name].instance === from).length;
+  return { local: count * local, got: expectedBy(peers, receivers, count) };
+}
+
+/**
+ * Sends `${prefix}1` .. `${prefix}${count}` from `from` in one event-loop turn, message n to
+ * `targets[(n - 1) % targets.length]`, waits until `peer` (in every target) has them all, then
+ * 150 ms longer. See {@link sentTo} for what each client of some of the targets should get.
+ */
+export async function sendSeries(
+  from: Instance,
+  targets: readonly WireTarget[],
+  options: { peer: Peer; prefix: string; count: number },
+): Promise<void> {
+  const { peer, prefix, count } = options;
+  const steps = numbered(count, prefix).map((message, i) => ({
+    target: targets[i % targets.length],
+    message,
+  }));
+  await from.broadcastSeries(steps);
+  await waitFor(
+    () => numbersOf(peer.seen, prefix).length >= count,
+    5000,
+    `${peer.name} to get ${count}`,
+  );
+  await delay(150);
+}
+
+/** The numbers of {@link sendSeries} (`count` over `period` targets) sent to the targets `kinds`. */
+export function sentTo(count: number, period: number, ...kinds: number[]): number[] {
+  return numbered(count)
+    .map(Number)
+    .filter((n) => kinds.includes((n - 1) % period));
+}
+
+/** Waits until every one of `instances` is ready (`ready` true) or every one is down. */
+export async function waitForReadiness(
+  instances: Instance[],
+  ready: boolean,
+  timeout: number,
+  what: string,
+): Promise<void> {
+  await waitFor(
+    async () => (await Promise.all(instances.map(isReady))).every((r) => r === ready),
+    timeout,
+    what,
+  );
+}
+
+/** Waits until each of `instances` counts `expected` instances (asking with `countTimeout`). */
+export async function waitForInstanceCount(
+  instances: Instance[],
+  expected: number,
+  countTimeout = 500,
+): Promise<void> {
+  await Promise.all(
+    instances.map((instance) =>
+      waitFor(
+        async () => (await instance.count(undefined, countTimeout)).instances === expected,
+        5000,
+        `instance ${instance.instanceId} to count ${expected} instances`,
+      ),
+    ),
+  );
+}
