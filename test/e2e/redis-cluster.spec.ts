@@ -1,10 +1,9 @@
 import {
   channels,
-  expectedBy,
+  deliveryCheck,
   memberChannel,
   numbered,
   numbersOf,
-  sendNumbered,
   sendSeries,
   sentTo,
   startInstances,
@@ -72,18 +71,7 @@ describeRedis('Redis scale-out on a Redis Cluster: three instances, three shards
     await cluster?.stop();
   });
 
-  /** 20 numbered messages from `from` to `target`: exactly `receivers` get 1..20, in order. */
-  async function expectDelivery(
-    from: Instance,
-    target: WireTarget | undefined,
-    receivers: string[],
-  ): Promise<void> {
-    const prefix = `k${++sequence}:`;
-    const { got } = await whileAllAlive(instances, () =>
-      sendNumbered(from, target, { peers, receivers, prefix }),
-    );
-    expect(got).toEqual(expectedBy(peers, receivers));
-  }
+  const expectDelivery = deliveryCheck(() => instances, peers, { prefix: 'k', local: false });
 
   it('everyone', async () => {
     await expectDelivery(A, undefined, Object.keys(peers));

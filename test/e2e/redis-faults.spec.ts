@@ -7,6 +7,7 @@ import {
   numbered,
   numbersOf,
   numsub,
+  receivedAll,
   sendNumbered,
   startInstance,
   startInstances,
@@ -171,12 +172,7 @@ describeRedis('Redis faults: the server dies, comes back, freezes', () => {
       const prefix = `member${++sequence}:`;
       await A.broadcastMany({ rooms: ['late'] }, 20, `${prefix}late:`);
       await A.broadcastMany({ rooms: ['r'] }, 20, `${prefix}r:`);
-      await waitFor(
-        () => numbersOf(b3.seen, `${prefix}late:`).length >= 20,
-        5000,
-        'b3 to get 20 through room late',
-      );
-      await delay(150);
+      await receivedAll([b3], `${prefix}late:`);
       expect(numbersOf(b3.seen, `${prefix}late:`)).toEqual(numbered(20).map(Number));
       expect(numbersOf(a2.seen, `${prefix}r:`)).toEqual(numbered(20).map(Number));
       expect(numbersOf(b2.seen, `${prefix}r:`)).toEqual([]);

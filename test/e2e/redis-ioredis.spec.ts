@@ -1,12 +1,13 @@
 import {
+  deliveryCheck,
   deliveryResumes,
   expectedBy,
-  expectedSend,
   isReady,
   memberChannel,
   numbered,
   numbersOf,
   numsub,
+  receivedAll,
   receivedBy,
   sendNumbered,
   sendSeries,
@@ -116,21 +117,7 @@ describe.each(TOPOLOGIES)('Redis over ioredis: $name', ({ drivers }) => {
       await server?.stop();
     });
 
-    /**
-     * Sends 20 numbered messages to `target` from `from` in one event-loop turn: exactly
-     * `receivers` get them, each once, in order; `from` reports its own clients among them.
-     */
-    async function expectDelivery(
-      from: Instance,
-      target: WireTarget | undefined,
-      receivers: string[],
-    ): Promise<void> {
-      const prefix = `m${++sequence}:`;
-      const sent = await whileAllAlive(instances, () =>
-        sendNumbered(from, target, { peers, receivers, prefix }),
-      );
-      expect(sent).toEqual(expectedSend(from, peers, receivers));
-    }
+    const expectDelivery = deliveryCheck(() => instances, peers, { prefix: 'm' });
 
     it('each instance runs on the client it was given', async () => {
       const stats = await Promise.all(instances.map((instance) => instance.stats()));
@@ -333,12 +320,7 @@ describe.each(TOPOLOGIES)('Redis over ioredis: $name', ({ drivers }) => {
         const prefix = `member${++sequence}:`;
         await A.broadcastMany({ rooms: ['new'] }, 20, `${prefix}new:`);
         await A.broadcastMany({ rooms: ['green'] }, 20, `${prefix}green:`);
-        await waitFor(
-          () => numbersOf(b4.seen, `${prefix}new:`).length >= 20,
-          5000,
-          'b4 to get 20 through room new',
-        );
-        await delay(150);
+        await receivedAll([b4], `${prefix}new:`);
         expect(numbersOf(b4.seen, `${prefix}new:`)).toEqual(numbered(20).map(Number));
         expect(numbersOf(peers.b3.seen, `${prefix}green:`)).toEqual([]);
         const after = await B.stats();

@@ -1,9 +1,8 @@
 import {
   channels,
-  expectedSend,
+  deliveryCheck,
   memberChannel,
   numbersOf,
-  sendNumbered,
   sendSeries,
   sentTo,
   startInstance,
@@ -94,21 +93,7 @@ describeRedis('Redis scale-out: three instances on one redis-server', () => {
     await server?.stop();
   });
 
-  /**
-   * Sends 20 numbered messages to `target` from `from` in one event-loop turn, and checks
-   * that exactly `receivers` got them, each message once, in order.
-   */
-  async function expectDelivery(
-    from: Instance,
-    target: WireTarget | undefined,
-    receivers: string[],
-  ): Promise<void> {
-    const prefix = `m${++sequence}:`;
-    const sent = await whileAllAlive(instances, () =>
-      sendNumbered(from, target, { peers, receivers, prefix }),
-    );
-    expect(sent).toEqual(expectedSend(from, peers, receivers));
-  }
+  const expectDelivery = deliveryCheck(() => instances, peers, { prefix: 'm' });
 
   it('everyone: all twelve clients on the three instances', async () => {
     await expectDelivery(A, undefined, Object.keys(peers));

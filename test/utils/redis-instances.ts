@@ -429,12 +429,25 @@ export async function sendSeries(
     message,
   }));
   await from.broadcastSeries(steps);
+  await receivedAll([peer], prefix, count);
+}
+
+/**
+ * Waits until each of `receivers` has `count` messages `${prefix}<n>` (5 s at most), then
+ * `settle` ms longer: a duplicate or a stray delivery would have arrived by then.
+ */
+export async function receivedAll(
+  receivers: readonly Peer[],
+  prefix: string,
+  count = 20,
+  settle = 150,
+): Promise<void> {
   await waitFor(
-    () => numbersOf(peer.seen, prefix).length >= count,
+    () => receivers.every((peer) => numbersOf(peer.seen, prefix).length >= count),
     5000,
-    `${peer.name} to get ${count}`,
+    `${receivers.map((peer) => peer.name).join(', ')} to get ${count} messages ${prefix}`,
   );
-  await delay(150);
+  await delay(settle);
 }
 
 /** The numbers of {@link sendSeries} (`count` over `period` targets) sent to the targets `kinds`. */
@@ -473,4 +486,34 @@ export async function waitForInstanceCount(
       ),
     ),
   );
+}
+
+/** Options of {@link deliveryCheck}. */
+export interface DeliveryCheckOptions {
+  /** The messages' prefix before their sequence number (`${prefix}<seq>:<n>`). */
+  prefix: string;
+  /** Whether to check that `from` reports its own receivers' deliveries (default true). */
+  local?: boolean;
+}
+
+/**
+ * An `expectDelivery(from, target, receivers)` for the clients `peers` of `instances()`: it
+ * sends 20 numbered messages to `target` from `from` in one event-loop turn (while every
+ * instance stays alive) and expects exactly `receivers` to get them, each once, in order;
+ * unless `local: false`, also that `from` reports its own clients among them.
+ */
+export function deliveryCheck(
+  instances: () => Instance[],
+  peers: Record<string, Peer>,
+  options: DeliveryCheckOptions,
+): (from: Instance, target: WireTarget | undefined, receivers: string[]) => Promise<void> {
+  let sequence = 0;
+  return async (from, target, receivers) => {
+    const prefix = `${options.prefix}${++sequence}:`;
+    const sent = await whileAllAlive(instances(), () =>
+      sendNumbered(from, target, { peers, receivers, prefix }),
+    );
+    if (options.local === false) expect(sent.got).toEqual(expectedBy(peers, receivers));
+    else expect(sent).toEqual(expectedSend(from, peers, receivers));
+  };
 }
