@@ -34,6 +34,7 @@ import { WsRouteExplorer, type WsRouteDefinition } from './routing/ws-route-expl
 import { WsConnection } from './connection/ws-connection.js';
 import { RateLimiter } from './connection/rate-limiter.js';
 import { WsConnectionRegistry } from './connection/ws-connection-registry.js';
+import { RecoveryHub } from './recovery/recovery-hub.js';
 import { Heartbeat } from './connection/heartbeat.js';
 import { RouteDispatcher } from './handlers/route-dispatcher.js';
 import { WsHandlerFactory } from './handlers/ws-handler-factory.js';
@@ -78,6 +79,7 @@ export class WsRoutesGateway
     private readonly registry: WsConnectionRegistry,
     private readonly httpAdapterHost: HttpAdapterHost,
     private readonly moduleRef: ModuleRef,
+    private readonly recovery: RecoveryHub,
   ) {
     this.config = resolveGatewayConfig(options);
     this.pipeline = new UpgradePipeline(this.config, registry, this.logger, () => this.closing);
@@ -162,8 +164,11 @@ export class WsRoutesGateway
         heartbeat: Boolean(config.heartbeat),
         inbound: config.inbound,
         closeTimeout: config.closeTimeout,
+        recovery: config.recovery ? this.recovery : undefined,
       },
     );
+    if (config.recovery)
+      this.recovery.addRoute(pattern, config.recovery.window, config.recovery.maxMessages);
     const guards: CanActivate[] = [
       new OriginGuard(routeOptions.origins ?? this.options.origins, this.config.trustProxy),
       ...(await this.resolveGuards(this.options.guards)),

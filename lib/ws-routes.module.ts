@@ -3,6 +3,7 @@ import { DiscoveryModule } from '@nestjs/core';
 import { BROADCAST_TRANSPORT, BroadcastService } from './broadcast/broadcast.service.js';
 import { MemoryBroadcastTransport } from './broadcast/memory-broadcast.transport.js';
 import { WsConnectionRegistry } from './connection/ws-connection-registry.js';
+import { RecoveryHub } from './recovery/recovery-hub.js';
 import { WsHandlerFactory } from './handlers/ws-handler-factory.js';
 import type { WsRoutesModuleOptions } from './interfaces/ws-routes-module-options.interface.js';
 import { WsRouteExplorer } from './routing/ws-route-explorer.js';
@@ -27,6 +28,7 @@ import {
     WsHandlerFactory,
     WsRoutesGateway,
     BroadcastService,
+    RecoveryHub,
     {
       provide: BROADCAST_TRANSPORT,
       useFactory: (options: WsRoutesModuleOptions) =>

@@ -13,6 +13,8 @@ import { CloseCode } from '../ws-routes.constants.js';
 import type { BroadcastAction, BroadcastPacket } from './broadcast-packet.interface.js';
 import type { BroadcastTransport } from './broadcast-transport.interface.js';
 import { createLocalDelivery, type LocalDelivery } from './local-delivery.js';
+import { MemoryBroadcastTransport } from './memory-broadcast.transport.js';
+import { RecoveryHub } from '../recovery/recovery-hub.js';
 
 /** Injection token of the {@link BroadcastTransport} in use. */
 export const BROADCAST_TRANSPORT = Symbol('nestjs-ws-routes:broadcast-transport');
@@ -22,7 +24,7 @@ type Target = Pick<BroadcastPacket, 'routes' | 'rooms' | 'users' | 'connections'
 /** Where an operator hands its packet: the `BroadcastService`. */
 interface PacketSink {
   readonly instanceId: string;
-  dispatch(packet: BroadcastPacket): number;
+  dispatch(packet: BroadcastPacket, message?: unknown): number;
   countPacket(packet: BroadcastPacket, timeout: number): Promise<BroadcastCount>;
 }
 
@@ -102,7 +104,7 @@ export class BroadcastOperator {
     const { payload, binary } = encodeMessage(message, options?.binary);
     const packet = this.packet(payload, binary);
     if (options?.volatile) packet.volatile = true;
-    return this.sink.dispatch(packet);
+    return this.sink.dispatch(packet, message);
   }
 
   /**
@@ -187,10 +189,12 @@ export class BroadcastService implements OnModuleInit, OnApplicationShutdown, Pa
   constructor(
     @Inject(BROADCAST_TRANSPORT) private readonly transport: BroadcastTransport,
     private readonly registry: WsConnectionRegistry,
+    private readonly recovery: RecoveryHub,
   ) {
     this.instanceId = registry.instanceId;
     this.everyone = new BroadcastOperator(this, {});
-    this.local = createLocalDelivery(registry);
+    this.local = createLocalDelivery(registry, recovery);
+    recovery.sharedTransport = !(transport instanceof MemoryBroadcastTransport);
   }
 
   async onModuleInit(): Promise<void> {
@@ -221,9 +225,11 @@ export class BroadcastService implements OnModuleInit, OnApplicationShutdown, Pa
   }
 
   /** @internal Delivers here, then hands the packet to the transport for the other instances. */
-  dispatch(packet: BroadcastPacket): number {
+  dispatch(packet: BroadcastPacket, message?: unknown): number {
+    // First: a broadcast that a recovery route cannot take throws before anything is sent.
+    const byRoute = this.recovery.active ? this.recovery.record(packet, message) : undefined;
     packet.serial = this.serial = (this.serial % 0xffffffff) + 1;
-    const delivered = this.local.deliver(packet);
+    const delivered = this.local.deliver(packet, byRoute);
     try {
       const publishing = this.transport.publish(packet);
       if (publishing && typeof publishing.then === 'function')

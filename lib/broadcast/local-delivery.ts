@@ -1,6 +1,7 @@
 import type { WsConnection } from '../connection/ws-connection.js';
 import type { WsConnectionRegistry } from '../connection/ws-connection-registry.js';
 import { frameMessage } from '../connection/outbound.js';
+import type { RecoveryHub } from '../recovery/recovery-hub.js';
 import { isForEveryone, type BroadcastPacket } from './broadcast-packet.interface.js';
 
 const OPEN = 1;
@@ -9,9 +10,10 @@ const OPEN = 1;
 export interface LocalDelivery {
   /**
    * Delivers a message packet, or applies an action packet, to the connections it addresses
-   * here; returns how many it reached.
+   * here; returns how many it reached. `byRoute`: the payload for the connections of recovery
+   * routes (the message with its id there).
    */
-  deliver(packet: BroadcastPacket): number;
+  deliver(packet: BroadcastPacket, byRoute?: Map<string, Buffer>): number;
   /** How many open connections of this process the packet addresses. */
   count(packet: BroadcastPacket): number;
 }
@@ -22,10 +24,17 @@ export interface LocalDelivery {
  * turn); a connection named by several targets (two rooms, a room and its route) receives the
  * message once.
  */
-export function createLocalDelivery(registry: WsConnectionRegistry): LocalDelivery {
+export function createLocalDelivery(
+  registry: WsConnectionRegistry,
+  recovery?: RecoveryHub,
+): LocalDelivery {
   return {
-    deliver: (packet) =>
-      packet.action ? applyAction(registry, packet) : deliverMessage(registry, packet),
+    deliver: (packet, byRoute) =>
+      packet.action
+        ? applyAction(registry, packet)
+        : byRoute
+          ? deliverWithIds(registry, packet, byRoute, recovery!)
+          : deliverMessage(registry, packet),
     count: (packet) => {
       let count = 0;
       forEachRecipient(registry, packet, () => count++);
@@ -45,6 +54,39 @@ function deliverMessage(registry: WsConnectionRegistry, packet: BroadcastPacket)
     if (conn.readyState !== OPEN || except?.has(conn)) continue;
     frame ??= frameMessage(payload, binary);
     if (conn.deliver(payload, binary, frame, volatile)) delivered++;
+  }
+  return delivered;
+}
+
+/**
+ * A broadcast that reaches recovery routes: their connections get the payload with the id of
+ * their route's stream (framed once per route), and a connection waiting for its replay gets
+ * nothing now (the stream has it). The others get the plain frame.
+ */
+function deliverWithIds(
+  registry: WsConnectionRegistry,
+  packet: BroadcastPacket,
+  byRoute: Map<string, Buffer>,
+  recovery: RecoveryHub,
+): number {
+  const plain = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
+  const { binary } = packet;
+  const except = packet.except?.length ? connectionsOf(registry, packet.except) : undefined;
+  const frames = new Map<string, Buffer>();
+  let plainFrame: Buffer | undefined;
+  let delivered = 0;
+  for (const conn of recipients(registry, packet)) {
+    if (conn.readyState !== OPEN || except?.has(conn)) continue;
+    const withId = byRoute.get(conn.route);
+    if (withId) {
+      if (recovery.isHeld(conn)) continue;
+      let frame = frames.get(conn.route);
+      if (!frame) frames.set(conn.route, (frame = frameMessage(withId, false)));
+      if (conn.deliver(withId, false, frame, false)) delivered++;
+      continue;
+    }
+    plainFrame ??= frameMessage(plain, binary);
+    if (conn.deliver(plain, binary, plainFrame, false)) delivered++;
   }
   return delivered;
 }

@@ -36,6 +36,8 @@ export interface ExecutorRoute {
   awaitingClose(executor: ConnectionExecutor, waiting: boolean): void;
   /** Told of every `@OnClose` run, so the route can wait for them at shutdown. */
   closing(run: Promise<void>): void;
+  /** `@OnOpen` has finished and its reply was sent (a recovery route replays here). */
+  opened(conn: WsConnection): void;
 }
 
 /**
@@ -147,6 +149,7 @@ export class ConnectionExecutor implements HandlerProgress {
     const { conn } = this;
     if (!handler) {
       this.releaseRequest();
+      this.route.opened(conn);
       return;
     }
     this.state = OPENING;
@@ -162,7 +165,9 @@ export class ConnectionExecutor implements HandlerProgress {
     const opened = (value: unknown): void => {
       if (this.state !== OPENING) return;
       this.releaseRequest();
-      if (this.reply(handler, value, request, undefined)) this.settle();
+      const settled = this.reply(handler, value, request, undefined);
+      this.route.opened(conn);
+      if (settled) this.settle();
       else this.state = BUSY;
     };
     if (isThenable(result))

@@ -1,3 +1,4 @@
+import type { RecoveryHub } from '../recovery/recovery-hub.js';
 import type { Logger } from '@nestjs/common';
 import type { RawData, WebSocket } from 'ws';
 import { CloseCode, INTERNAL_ERROR_MESSAGE, WS_ROUTES_DEFAULTS } from '../ws-routes.constants.js';
@@ -59,6 +60,8 @@ export interface RouteDispatcherOptions {
   inbound?: { maxMessages: number; maxBytes: number };
   /** Longest time `@OnClose` waits for the messages accepted before the close (ms). */
   closeTimeout?: number;
+  /** The route keeps its broadcasts for replay (`recovery`). */
+  recovery?: RecoveryHub;
 }
 
 /**
@@ -110,7 +113,13 @@ export class RouteDispatcher implements OutboundEvents, ExecutorRoute {
     // ws answers pings itself; these are only needed by the heartbeat and @OnPing/@OnPong.
     if (this.options.heartbeat || this.handlers.pong) socket.on('pong', onPong);
     if (this.options.heartbeat || this.handlers.ping) socket.on('ping', onPing);
+    this.options.recovery?.attach(conn);
     executor.open(this.handlers.open);
+  }
+
+  /** @internal `@OnOpen` has finished: a reconnecting connection gets what it missed. */
+  opened(conn: WsConnection): void {
+    this.options.recovery?.resume(conn, this.registry);
   }
 
   get watchesDrain(): boolean {
@@ -203,6 +212,7 @@ export class RouteDispatcher implements OutboundEvents, ExecutorRoute {
       code === CloseCode.Abnormal && executor.protocolErrorCode ? executor.protocolErrorCode : code;
     conn.closeReason = conn.terminationReason ?? reason.toString();
     this.registry.remove(conn);
+    this.options.recovery?.forget(conn);
     this.options.onRemoved?.(conn);
     executor.closed(conn.closeCode, conn.closeReason);
   }

@@ -6,6 +6,7 @@ import type {
   RateLimitOptions,
 } from './handshake-options.interface.js';
 import type { HeartbeatOptions } from './heartbeat-options.interface.js';
+import type { RecoveryOptions } from '../recovery/recovery-options.js';
 
 /**
  * Options of one `@WsRoute`. Every field overrides the module-wide value of the same name,
@@ -54,4 +55,12 @@ export interface WsRouteOptions {
   keepUpgradeRequest?: boolean;
   /** Bytes of received messages waiting for a busy handler; see the module option. */
   maxQueuedBytes?: number;
+  /**
+   * Keep this route's broadcasts for replay: every frame of a broadcast carries an `id`, and a
+   * page that reconnects with `?lastEventId=<id>` gets what it missed after its `@OnOpen`,
+   * then live traffic; or `{"event":"recovery","data":{"recovered":false,"reason":…}}` and no
+   * replay at all. `true` for the defaults (two minutes, 1,000 broadcasts). One instance only
+   * for now: with another broadcast transport the application does not start.
+   */
+  recovery?: RecoveryOptions | boolean;
 }

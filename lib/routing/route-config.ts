@@ -5,6 +5,7 @@ import type { RateLimitOptions } from '../interfaces/handshake-options.interface
 import type { HeartbeatOptions } from '../interfaces/heartbeat-options.interface.js';
 import type { WsRouteOptions } from '../interfaces/ws-route-options.interface.js';
 import type { WsRoutesModuleOptions } from '../interfaces/ws-routes-module-options.interface.js';
+import { RECOVERY_DEFAULTS } from '../recovery/recovery-options.js';
 
 /**
  * A route's settings as it runs: every option resolved (route option, else module option,
@@ -27,6 +28,8 @@ export interface RouteConfig {
   requireProtocol: boolean;
   /** How long `@OnClose` waits for the messages accepted before the close: `shutdownTimeout`. */
   closeTimeout: number;
+  /** `undefined`: broadcasts are not kept for replay on this route. */
+  recovery: { window: number; maxMessages: number } | undefined;
 }
 
 /** The module-wide settings of the upgrade pipeline, resolved and checked the same way. */
@@ -108,6 +111,7 @@ export function resolveRouteConfig(
     maxConnections,
     requireProtocol,
     closeTimeout,
+    recovery: check.recovery(route.recovery),
   };
 }
 
@@ -158,6 +162,22 @@ class OptionCheck {
       );
     }
     return resolved;
+  }
+
+  recovery(value: WsRouteOptions['recovery']): { window: number; maxMessages: number } | undefined {
+    if (value === undefined || value === false) return undefined;
+    if (value !== true && (typeof value !== 'object' || value === null))
+      this.fail('recovery', 'must be true, false or { window, maxMessages }', value);
+    const options = value === true ? {} : value;
+    const window = this.size('recovery.window', options.window, 1, RECOVERY_DEFAULTS.window);
+    const maxMessages = this.size(
+      'recovery.maxMessages',
+      options.maxMessages,
+      1,
+      RECOVERY_DEFAULTS.maxMessages,
+    );
+    if (maxMessages === Infinity) this.fail('recovery.maxMessages', 'must be finite', maxMessages);
+    return { window, maxMessages };
   }
 
   flag(option: string, value: boolean | undefined, fallback: boolean): boolean {
