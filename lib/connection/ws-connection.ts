@@ -273,6 +273,11 @@ export class WsConnection<TData extends object = Record<string, any>> implements
     return socket.bufferedAmount + socket.pendingBytes;
   }
 
+  /** @internal The route's `maxBufferedAmount`: what one turn may queue for this connection. */
+  get maxBufferedAmount(): number {
+    return this.shared.outbound.maxBufferedAmount;
+  }
+
   /** Rooms this connection has joined. */
   get rooms(): ReadonlySet<string> {
     return this.joined ?? NO_ROOMS;

@@ -77,6 +77,8 @@ export class RecoveryHub {
         routes: everyone ? undefined : (packet.routes ?? []),
         rooms: everyone ? undefined : packet.rooms,
         users: everyone ? undefined : packet.users,
+        connections: packet.connections,
+        except: packet.except?.length ? packet.except : undefined,
       });
       (payloads ??= new Map()).set(pattern, payload);
     }
@@ -134,12 +136,23 @@ export class RecoveryHub {
     }
     const user = registry.userOf(conn);
     const replay = result.entries.filter((entry) => matches(entry, conn, user));
+    // All of it fits in what one turn may queue for the connection, or none of it is sent: a
+    // replay cut by the slow-consumer policy would be a gap (or a close) after recovered:true.
+    let bytes = conn.bufferedAmount;
+    for (const entry of replay) bytes += entry.payload.length + FRAME_HEADER;
+    if (bytes > conn.maxBufferedAmount) {
+      conn.send(recoveryMessage(false, 0, 'too_many', current(stream)));
+      return;
+    }
     conn.send(
       recoveryMessage(true, replay.length, undefined, formatPosition(stream.epoch, waiting.seq)),
     );
     for (const entry of replay) conn.send(entry.payload, { binary: false });
   }
 }
+
+/** Most bytes a frame header adds to a payload (server frames are not masked). */
+const FRAME_HEADER = 10;
 
 function current(stream: RecoveryStream): string {
   return formatPosition(stream.epoch, stream.seq);
@@ -157,7 +170,15 @@ function recoveryMessage(
 
 /** Whether a stored broadcast reaches this connection as it is now (its rooms, its user). */
 function matches(entry: StreamEntry, conn: WsConnection, user: string | undefined): boolean {
+  if (entry.except && conn.assignedId !== undefined && entry.except.includes(conn.assignedId))
+    return false;
   if (!entry.routes) return true;
+  if (
+    entry.connections &&
+    conn.assignedId !== undefined &&
+    entry.connections.includes(conn.assignedId)
+  )
+    return true;
   if (entry.routes.includes(conn.route)) return true;
   if (entry.rooms) for (const room of entry.rooms) if (conn.rooms.has(room)) return true;
   if (entry.users && user !== undefined && entry.users.includes(user)) return true;

@@ -20,7 +20,10 @@ export const LAST_EVENT_ID_PARAM = 'lastEventId';
 export type RecoveryFailure =
   /** The id is older than `window`: its successors are gone. */
   | 'too_old'
-  /** More than `maxMessages` broadcasts were missed. */
+  /**
+   * More than `maxMessages` broadcasts were missed, or more bytes than the connection may have
+   * queued (`maxBufferedAmount`): a replay is sent whole or not at all.
+   */
   | 'too_many'
   /** The id is not one this stream gave (malformed, or from the future). */
   | 'unknown_position'

@@ -11,6 +11,10 @@ export interface StreamEntry {
   routes?: readonly string[];
   rooms?: readonly string[];
   users?: readonly string[];
+  /** Connections named by id (those are matched too, while they are held). */
+  connections?: readonly string[];
+  /** Connections left out. */
+  except?: readonly string[];
 }
 
 /** The entries after a position, or why there are none to give. */
