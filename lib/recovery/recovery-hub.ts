@@ -48,11 +48,6 @@ export class RecoveryHub {
     this.streams.set(pattern, new RecoveryStream(window, maxMessages));
   }
 
-  /** The stream of a recovery route (for tests and metrics). */
-  stream(pattern: string): RecoveryStream | undefined {
-    return this.streams.get(pattern);
-  }
-
   /**
    * Appends a broadcast to every recovery stream it can reach and returns each route's payload
    * (with its id). Throws, before anything is sent, for a binary message that would reach a
