@@ -1,5 +1,6 @@
 import type { MembershipKind } from '../connection/ws-connection-registry.js';
 import type { BroadcastPacket } from './broadcast-packet.interface.js';
+import type { RecoveryHistory } from '../recovery/recovery-history.interface.js';
 
 export type { MembershipKind };
 
@@ -61,6 +62,11 @@ export interface BroadcastTransport {
    * `timeout` ms; instances that do not answer are listed in `missing`.
    */
   count?(packet: BroadcastPacket, timeout: number): Promise<RemoteCount>;
+  /**
+   * A history every instance shares, for recovery routes (`@WsRoute(path, { recovery })`): a
+   * transport that reaches other instances must offer one for such routes to start.
+   */
+  recoveryHistory?(): RecoveryHistory;
   /** Whether the transport currently reaches the other instances (always, if absent). */
   isReady?(): boolean;
   /** Releases connections and subscriptions at shutdown. */

@@ -193,8 +193,10 @@ export class BroadcastService implements OnModuleInit, OnApplicationShutdown, Pa
   ) {
     this.instanceId = registry.instanceId;
     this.everyone = new BroadcastOperator(this, {});
+    const history = transport.recoveryHistory?.();
+    if (history) recovery.useHistory(history, registry);
+    else recovery.sharedTransport = !(transport instanceof MemoryBroadcastTransport);
     this.local = createLocalDelivery(registry, recovery);
-    recovery.sharedTransport = !(transport instanceof MemoryBroadcastTransport);
   }
 
   async onModuleInit(): Promise<void> {
@@ -228,6 +230,15 @@ export class BroadcastService implements OnModuleInit, OnApplicationShutdown, Pa
   dispatch(packet: BroadcastPacket, message?: unknown): number {
     // First: a broadcast that a recovery route cannot take throws before anything is sent.
     const byRoute = this.recovery.active ? this.recovery.record(packet, message) : undefined;
+    // Routes with a shared history get it from the history's feed: not from here, not again.
+    if (this.recovery.sharedRoutes.size && packet.routes?.length && !packet.action) {
+      const shared = this.recovery.sharedRoutes;
+      const routes = packet.routes.filter((route) => !shared.has(route));
+      if (routes.length !== packet.routes.length) {
+        packet = { ...packet, routes };
+        if (!routes.length && !packet.rooms && !packet.users && !packet.connections) return 0;
+      }
+    }
     packet.serial = this.serial = (this.serial % 0xffffffff) + 1;
     const delivered = this.local.deliver(packet, byRoute);
     try {

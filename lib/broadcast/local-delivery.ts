@@ -28,13 +28,16 @@ export function createLocalDelivery(
   registry: WsConnectionRegistry,
   recovery?: RecoveryHub,
 ): LocalDelivery {
+  // Routes whose history is shared: their connections get broadcasts from the history's feed,
+  // with ids, in the stream's order, never from here.
+  const shared = recovery?.sharedRoutes;
   return {
     deliver: (packet, byRoute) =>
       packet.action
         ? applyAction(registry, packet)
         : byRoute
           ? deliverWithIds(registry, packet, byRoute, recovery!)
-          : deliverMessage(registry, packet),
+          : deliverMessage(registry, packet, shared?.size ? shared : undefined),
     count: (packet) => {
       let count = 0;
       forEachRecipient(registry, packet, () => count++);
@@ -43,7 +46,11 @@ export function createLocalDelivery(
   };
 }
 
-function deliverMessage(registry: WsConnectionRegistry, packet: BroadcastPacket): number {
+function deliverMessage(
+  registry: WsConnectionRegistry,
+  packet: BroadcastPacket,
+  skipRoutes: ReadonlySet<string> | undefined,
+): number {
   const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
   const { binary } = packet;
   const volatile = packet.volatile ?? false;
@@ -52,6 +59,7 @@ function deliverMessage(registry: WsConnectionRegistry, packet: BroadcastPacket)
   let delivered = 0;
   for (const conn of recipients(registry, packet)) {
     if (conn.readyState !== OPEN || except?.has(conn)) continue;
+    if (skipRoutes !== undefined && skipRoutes.has(conn.route)) continue;
     frame ??= frameMessage(payload, binary);
     if (conn.deliver(payload, binary, frame, volatile)) delivered++;
   }
@@ -131,8 +139,32 @@ function recipients(
   return union;
 }
 
+/**
+ * The connections of one route that a packet addresses here (open or not; `except` not
+ * applied): a recovery route's live feed delivers each entry to these.
+ */
+export function routeRecipients(
+  registry: WsConnectionRegistry,
+  packet: Pick<BroadcastPacket, 'routes' | 'rooms' | 'users' | 'connections'>,
+  route: string,
+): Iterable<WsConnection> {
+  if (isForEveryone(packet as BroadcastPacket) || packet.routes?.includes(route))
+    return registry.byRoute(route);
+  const found = new Set<WsConnection>();
+  const add = (group: Iterable<WsConnection>): void => {
+    for (const conn of group) if (conn.route === route) found.add(conn);
+  };
+  for (const room of packet.rooms ?? []) add(registry.inRoom(room));
+  for (const user of packet.users ?? []) add(registry.byUser(user));
+  if (packet.connections?.length) add(connectionsOf(registry, packet.connections));
+  return found;
+}
+
 /** The open connections of this process with these ids (an id names one process's connection). */
-function connectionsOf(registry: WsConnectionRegistry, ids: readonly string[]): Set<WsConnection> {
+export function connectionsOf(
+  registry: WsConnectionRegistry,
+  ids: readonly string[],
+): Set<WsConnection> {
   const found = new Set<WsConnection>();
   for (const id of ids) {
     const conn = registry.get(id);

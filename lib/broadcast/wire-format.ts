@@ -11,7 +11,11 @@ import type { BroadcastAction, BroadcastPacket } from './broadcast-packet.interf
  *               payload(u32 length + bytes)
  * count request body: request id(str8), then a packet body
  * control body: JSON (UTF-8) to the end
+ * entry body:   route(str16)  epoch(str8)  seq(str8, decimal digits)  then a whole packet frame
  * ```
+ * An entry is one broadcast of a recovery route's history, as the Redis script that stored it
+ * publishes it: the script writes the epoch and seq it gave between the header (from
+ * {@link entryHeader}) and the packet frame.
  * A reader accepts its own major version and refuses any other loudly
  * ({@link PacketFormatError}); a new minor version only appends fields after the body, so
  * instances of two releases in a rolling deploy understand each other.
@@ -23,6 +27,7 @@ const MAGIC_1 = 0x52; // 'R'
 const KIND_PACKET = 1;
 const KIND_COUNT_REQUEST = 2;
 const KIND_CONTROL = 3;
+const KIND_ENTRY = 4;
 const FLAG_BINARY = 1;
 const FLAG_VOLATILE = 2;
 /** Published to several channels: a receiver may get it more than once and must deduplicate. */
@@ -52,7 +57,8 @@ export type ControlMessage =
 export type WireFrame =
   | { kind: 'packet'; packet: BroadcastPacket; severalChannels: boolean }
   | { kind: 'count-request'; request: string; packet: BroadcastPacket }
-  | { kind: 'control'; control: ControlMessage };
+  | { kind: 'control'; control: ControlMessage }
+  | { kind: 'entry'; route: string; epoch: string; seq: number; packet: BroadcastPacket };
 
 /** Bytes that are not a frame of this wire format, or of a major version this one cannot read. */
 export class PacketFormatError extends Error {
@@ -100,6 +106,17 @@ export function encodeControl(control: ControlMessage): Buffer {
 }
 
 /**
+ * The first bytes of a history entry of `route`: header and route. The script that appends to
+ * the route's stream adds the epoch and seq (as str8 each) and the packet frame.
+ */
+export function entryHeader(route: string): Buffer {
+  const writer = new Writer(HEADER + 2 + str16Size(route));
+  writer.header(KIND_ENTRY);
+  writer.str16(route);
+  return writer.done();
+}
+
+/**
  * Whether `bytes` is a broadcast packet of this format sent by `origin` (given as its bytes),
  * read from the header alone: a receiver drops the echo of its own publishes without decoding.
  */
@@ -143,6 +160,15 @@ export function decodeFrame(bytes: Buffer): WireFrame {
       }
       case KIND_CONTROL:
         return { kind: 'control', control: parseControl(reader.rest()) };
+      case KIND_ENTRY: {
+        const route = reader.str16();
+        const epoch = reader.str8();
+        const digits = reader.str8();
+        const inner = decodeFrame(reader.rest());
+        if (!/^\d{1,15}$/.test(digits) || inner.kind !== 'packet')
+          throw new PacketFormatError('malformed history entry', version);
+        return { kind: 'entry', route, epoch, seq: Number(digits), packet: inner.packet };
+      }
       default:
         throw new PacketFormatError(`unknown frame kind ${bytes[3]}`, version);
     }

@@ -1,26 +1,29 @@
-import { Injectable } from '@nestjs/common';
+import { Injectable, Logger } from '@nestjs/common';
 import type { BroadcastPacket } from '../broadcast/broadcast-packet.interface.js';
 import { isForEveryone } from '../broadcast/broadcast-packet.interface.js';
 import type { WsConnection } from '../connection/ws-connection.js';
 import type { WsConnectionRegistry } from '../connection/ws-connection-registry.js';
-import { LAST_EVENT_ID_PARAM, type RecoveryFailure } from './recovery-options.js';
-import { RecoveryStream, type StreamEntry } from './recovery-stream.js';
+import { reaches } from './entry-targets.js';
+import type { RecoveryHistory } from './recovery-history.interface.js';
+import { envelopePrefix, positionMessage, recoveryMessage, withId } from './recovery-messages.js';
+import { LAST_EVENT_ID_PARAM } from './recovery-options.js';
+import { RecoveryStream } from './recovery-stream.js';
+import { SharedStream } from './shared-stream.js';
 import { formatPosition, parsePosition, type StreamPosition } from './stream-position.js';
 
-/** The event of the message that answers a reconnect on a recovery route. */
-export const RECOVERY_EVENT = 'recovery';
-/** The event of the first message of a new connection on a recovery route: its position. */
-export const POSITION_EVENT = 'position';
+export { POSITION_EVENT, RECOVERY_EVENT } from './recovery-messages.js';
 
 /** A connection that presented an id, waiting for `@OnOpen` to finish before its replay. */
 type Waiting = StreamPosition | 'invalid';
 
 /**
- * The history of every route opened with `recovery`, on this instance: each broadcast that can
- * reach a recovery route is appended once to the route's stream and gets an id; a connection
- * that comes back with `?lastEventId=` gets what it missed after its `@OnOpen`.
+ * The history of every route opened with `recovery`: each broadcast that can reach a recovery
+ * route is appended once to the route's stream and gets an id; a connection that comes back
+ * with `?lastEventId=` gets what it missed after its `@OnOpen`. With a broadcast transport that
+ * shares a history (Redis), the streams live there ({@link SharedStream}); otherwise in this
+ * process, as below.
  *
- * The seam between replay and live traffic: from the upgrade until the replay, broadcasts to
+ * The seam between replay and live traffic, in process: from the upgrade until the replay, broadcasts to
  * the connection are not written to it (each of them is in the stream already, with a later
  * id); the replay then sends, in one turn, every entry after the presented id that the
  * connection matches now, and live traffic follows. Nothing falls between, nothing is sent twice.
@@ -28,22 +31,46 @@ type Waiting = StreamPosition | 'invalid';
 @Injectable()
 export class RecoveryHub {
   private readonly streams = new Map<string, RecoveryStream>();
+  private readonly shared = new Map<string, SharedStream>();
   private readonly waiting = new WeakMap<WsConnection, Waiting>();
   private held = 0;
-  /** @internal The broadcast transport reaches other instances (recovery is one-instance yet). */
+  private history: RecoveryHistory | undefined;
+  private registry: WsConnectionRegistry | undefined;
+  private readonly logger = new Logger('WsRoutes:Recovery');
+  /**
+   * @internal Routes whose history is shared: their connections get broadcasts from the
+   * history's feed only, so local delivery and the transport leave them out.
+   */
+  readonly sharedRoutes = new Set<string>();
+  /** @internal The broadcast transport reaches other instances and offers no history. */
   sharedTransport = false;
 
   /** Whether any route records broadcasts. */
   get active(): boolean {
-    return this.streams.size > 0;
+    return this.streams.size > 0 || this.shared.size > 0;
+  }
+
+  /** @internal The transport's shared history (set before the routes are added). */
+  useHistory(history: RecoveryHistory, registry: WsConnectionRegistry): void {
+    this.history = history;
+    this.registry = registry;
   }
 
   /** @internal A route opened with `recovery`. */
   addRoute(pattern: string, window: number, maxMessages: number): void {
+    if (this.history) {
+      const limits = { window, maxMessages };
+      this.shared.set(
+        pattern,
+        new SharedStream(pattern, limits, this.history, this.registry!, this.logger),
+      );
+      this.sharedRoutes.add(pattern);
+      return;
+    }
     if (this.sharedTransport)
       throw new Error(
-        `@WsRoute('${pattern}'): recovery works on one instance only in this release; ` +
-          'it cannot be combined with a broadcast transport that reaches other instances',
+        `@WsRoute('${pattern}'): recovery needs a history every instance shares; the broadcast ` +
+          'transport reaches other instances but offers none (RedisBroadcastTransport does)',
       );
     this.streams.set(pattern, new RecoveryStream(window, maxMessages));
   }
@@ -57,16 +84,29 @@ export class RecoveryHub {
     if (packet.volatile || packet.action) return undefined;
     const everyone = isForEveryone(packet);
     const anyRoute = everyone || !!packet.rooms?.length || !!packet.users?.length;
-    let payloads: Map<string, Buffer> | undefined;
-    for (const [pattern, stream] of this.streams) {
-      if (!anyRoute && !packet.routes?.includes(pattern)) continue;
+    const reached = (pattern: string): boolean => {
+      if (!anyRoute && !packet.routes?.includes(pattern)) return false;
       if (packet.binary)
         throw new TypeError(
           `A binary broadcast cannot reach the recovery route ${pattern}: its messages are ` +
             'JSON frames that carry their id. Send binary data to other routes, or as JSON.',
         );
+      return true;
+    };
+    if (this.shared.size) {
+      const reaching = [...this.shared.values()].filter((stream) => reached(stream.route));
+      if (reaching.length) {
+        const prefix = envelopePrefix(message);
+        for (const stream of reaching) stream.append(packet, prefix);
+      }
+      return undefined;
+    }
+    let payloads: Map<string, Buffer> | undefined;
+    let prefix: string | undefined;
+    for (const [pattern, stream] of this.streams) {
+      if (!reached(pattern)) continue;
       const id = formatPosition(stream.epoch, stream.seq + 1);
-      const payload = Buffer.from(envelope(message, id));
+      const payload = withId((prefix ??= envelopePrefix(message)), id);
       stream.append({
         payload,
         routes: everyone ? undefined : (packet.routes ?? []),
@@ -91,10 +131,13 @@ export class RecoveryHub {
    */
   attach(conn: WsConnection): void {
     const stream = this.streams.get(conn.route);
-    if (!stream) return;
+    if (!stream) {
+      this.shared.get(conn.route)?.attach(conn);
+      return;
+    }
     const presented = conn.query[LAST_EVENT_ID_PARAM];
     if (presented === undefined) {
-      conn.send(`{"event":"${POSITION_EVENT}","data":null,"id":"${current(stream)}"}`);
+      conn.send(positionMessage(current(stream)));
       return;
     }
     this.waiting.set(conn, parsePosition(presented) ?? 'invalid');
@@ -104,6 +147,7 @@ export class RecoveryHub {
   /** @internal The connection closed before its replay. */
   forget(conn: WsConnection): void {
     if (this.waiting.delete(conn)) this.held--;
+    else this.shared.get(conn.route)?.forget(conn);
   }
 
   /**
@@ -113,7 +157,10 @@ export class RecoveryHub {
    */
   resume(conn: WsConnection, registry: WsConnectionRegistry): void {
     const waiting = this.waiting.get(conn);
-    if (waiting === undefined) return;
+    if (waiting === undefined) {
+      this.shared.get(conn.route)?.resume(conn);
+      return;
+    }
     this.waiting.delete(conn);
     this.held--;
     const stream = this.streams.get(conn.route)!;
@@ -130,7 +177,7 @@ export class RecoveryHub {
       return;
     }
     const user = registry.userOf(conn);
-    const replay = result.entries.filter((entry) => matches(entry, conn, user));
+    const replay = result.entries.filter((entry) => reaches(entry, !entry.routes, conn, user));
     // All of it fits in what one turn may queue for the connection, or none of it is sent: a
     // replay cut by the slow-consumer policy would be a gap (or a close) after recovered:true.
     let bytes = conn.bufferedAmount;
@@ -151,56 +198,4 @@ const FRAME_HEADER = 10;
 
 function current(stream: RecoveryStream): string {
   return formatPosition(stream.epoch, stream.seq);
-}
-
-function recoveryMessage(
-  recovered: boolean,
-  replayed: number,
-  reason: RecoveryFailure | undefined,
-  id: string,
-): string {
-  const data = recovered ? { recovered, replayed } : { recovered, reason };
-  return JSON.stringify({ event: RECOVERY_EVENT, data, id });
-}
-
-/** Whether a stored broadcast reaches this connection as it is now (its rooms, its user). */
-function matches(entry: StreamEntry, conn: WsConnection, user: string | undefined): boolean {
-  if (entry.except && conn.assignedId !== undefined && entry.except.includes(conn.assignedId))
-    return false;
-  if (!entry.routes) return true;
-  if (
-    entry.connections &&
-    conn.assignedId !== undefined &&
-    entry.connections.includes(conn.assignedId)
-  )
-    return true;
-  if (entry.routes.includes(conn.route)) return true;
-  if (entry.rooms) for (const room of entry.rooms) if (conn.rooms.has(room)) return true;
-  if (entry.users && user !== undefined && entry.users.includes(user)) return true;
-  return false;
-}
-
-/**
- * The message with its id: an object's JSON gets an `"id"` member (so `{event, data}` becomes
- * `{event, data, id}`); anything else is wrapped as `{"event":"message","data":…,"id":…}`.
- */
-function envelope(message: unknown, id: string): string {
-  const quoted = JSON.stringify(id);
-  if (isPlainObject(message)) {
-    const json = JSON.stringify(message);
-    if (json && json.startsWith('{') && json.endsWith('}'))
-      return json.length === 2 ? `{"id":${quoted}}` : `${json.slice(0, -1)},"id":${quoted}}`;
-  }
-  const data = JSON.stringify(message === undefined ? null : message);
-  return `{"event":"message","data":${data ?? 'null'},"id":${quoted}}`;
-}
-
-function isPlainObject(value: unknown): value is object {
-  return (
-    typeof value === 'object' &&
-    value !== null &&
-    !Array.isArray(value) &&
-    !ArrayBuffer.isView(value) &&
-    !(value instanceof ArrayBuffer)
-  );
 }

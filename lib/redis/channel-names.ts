@@ -14,6 +14,10 @@ import type { MembershipKind } from '../connection/ws-connection-registry.js';
  * | route | `<prefix>:{p:<pattern>}` | instances with a connection of the route |
  * | room | `<prefix>:{r:<room>}` | instances with a member of the room |
  * | user | `<prefix>:{u:<user id>}` | instances with a connection of the user |
+ * | stream | `<prefix>:{s:<pattern>}` | every instance (a recovery route's history entries) |
+ *
+ * A recovery route's history keys share its stream's hash tag: `<prefix>:{s:<pattern>}:e`
+ * (epoch), `:n` (last seq) and `:x` (the Redis Stream).
  *
  * A `}` in a name is written `\}` (and `\` as `\\`), so the hash tag always covers the whole
  * name, and a lone surrogate (not encodable as UTF-8) as `\u{d800}`: two names never share a
@@ -37,6 +41,11 @@ export class ChannelNames {
   /** The channel of one instance. */
   instance(instanceId: string): string {
     return `${this.head}i:${escape(instanceId)}}`;
+  }
+
+  /** The channel (and key stem) of a recovery route's history. */
+  stream(route: string): string {
+    return `${this.head}s:${escape(route)}}`;
   }
 
   /** The channel of a route, room or user. */

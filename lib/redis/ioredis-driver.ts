@@ -9,6 +9,7 @@ export interface IoRedisClient {
   connect(): Promise<void>;
   duplicate(override?: Record<string, unknown>): IoRedisClient;
   publish(channel: string, message: Buffer): Promise<unknown>;
+  callBuffer(command: string, ...args: (string | Buffer)[]): Promise<unknown>;
   spublish(channel: string, message: Buffer): Promise<unknown>;
   subscribe(...channels: string[]): Promise<unknown>;
   unsubscribe(...channels: string[]): Promise<unknown>;
@@ -53,6 +54,12 @@ export class IoRedisDriver implements PubSubDriver {
     return this.sharded
       ? this.client.spublish(channel, frame)
       : this.client.publish(channel, frame);
+  }
+
+  command(_key: string, args: (string | Buffer)[]): Promise<unknown> {
+    if (this.client.status !== 'ready') return Promise.reject(new Error('Redis is not ready'));
+    const [name, ...rest] = args;
+    return this.client.callBuffer(String(name), ...rest);
   }
 
   async subscribe(channels: string[]): Promise<void> {

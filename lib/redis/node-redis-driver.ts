@@ -1,3 +1,4 @@
+import { RESP_TYPES } from 'redis';
 import type { SubscribeDriver } from './subscriptions.js';
 
 /** A message listener in node-redis's buffer mode: the payload and the channel as bytes. */
@@ -19,7 +20,7 @@ export interface NodeRedisClient {
   sSubscribe(channels: string[], listener: Listener, bufferMode: true): Promise<void>;
   unsubscribe(channels: string[], listener: Listener, bufferMode: true): Promise<void>;
   sUnsubscribe(channels: string[], listener: Listener, bufferMode: true): Promise<void>;
-  sendCommand(args: string[]): Promise<unknown>;
+  sendCommand(args: (string | Buffer)[], options?: { typeMapping?: object }): Promise<unknown>;
   ping(): Promise<unknown>;
   getPubSubListeners(type: 'CHANNELS' | 'SHARDED'): Map<string, unknown>;
   on(event: string, listener: (...args: any[]) => void): unknown;
@@ -36,6 +37,12 @@ export interface NodeRedisCluster {
   sPublish(channel: string, message: Buffer): Promise<number>;
   sSubscribe(channels: string, listener: Listener, bufferMode: true): Promise<void>;
   sUnsubscribe(channels: string, listener: Listener, bufferMode: true): Promise<void>;
+  sendCommand(
+    firstKey: string,
+    isReadonly: boolean,
+    args: (string | Buffer)[],
+    options?: { typeMapping?: object },
+  ): Promise<unknown>;
   on(event: string, listener: (...args: any[]) => void): unknown;
   off(event: string, listener: (...args: any[]) => void): unknown;
   close?(): Promise<void>;
@@ -62,6 +69,11 @@ export interface PubSubDriver extends SubscribeDriver {
   start(): void;
   publish(channel: string, frame: Buffer): Promise<unknown>;
   /**
+   * Runs one command on the publishing connection (routed by `key` on a cluster); bulk
+   * replies come back as Buffers.
+   */
+  command(key: string, args: (string | Buffer)[]): Promise<unknown>;
+  /**
    * How many channels the subscriber connection has on the server, if it can tell
    * (`CLIENT INFO` over RESP3 on one Redis); `undefined` otherwise.
    */
@@ -75,6 +87,9 @@ export interface PubSubDriver extends SubscribeDriver {
   recycle(): Promise<void>;
   close(): Promise<void>;
 }
+
+/** Bulk strings as Buffers: history entries are binary. */
+const BUFFERS = { typeMapping: { [RESP_TYPES.BLOB_STRING]: Buffer } };
 
 /** Owned: made (and closed) by the transport. Borrowed: the application's, left open. */
 interface Ownership {
@@ -116,6 +131,10 @@ export class StandaloneDriver implements PubSubDriver {
     return this.sharded
       ? this.publisher.sPublish(channel, frame)
       : this.publisher.publish(channel, frame);
+  }
+
+  command(_key: string, args: (string | Buffer)[]): Promise<unknown> {
+    return this.client.sendCommand(args, BUFFERS);
   }
 
   async subscribe(channels: string[]): Promise<void> {
@@ -240,6 +259,10 @@ export class ClusterDriver implements PubSubDriver {
 
   publish(channel: string, frame: Buffer): Promise<unknown> {
     return this.cluster.sPublish(channel, frame);
+  }
+
+  command(key: string, args: (string | Buffer)[]): Promise<unknown> {
+    return this.cluster.sendCommand(key, false, args, BUFFERS);
   }
 
   async subscribe(channels: string[]): Promise<void> {

@@ -42,6 +42,8 @@ import {
   type RedisIoRedisOptions,
 } from './redis-transport-options.js';
 import { Subscriptions } from './subscriptions.js';
+import { RedisStreamHistory } from './stream-history.js';
+import type { RecoveryHistory } from '../recovery/recovery-history.interface.js';
 
 const MEMBER_KINDS: readonly MembershipKind[] = ['route', 'room', 'user'];
 /** While down: how often the transport tries to verify its subscriptions again. */
@@ -115,6 +117,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
   private directory!: InstanceDirectory;
   private counts!: PendingCounts;
   private readonly recent = new RecentPackets();
+  private history: RedisStreamHistory | undefined;
   private ready = false;
   private closed = false;
   private verifying: Promise<void> | undefined;
@@ -186,6 +189,33 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
   }
 
   /**
+   * The history of recovery routes, in Redis Streams under this transport's `keyPrefix`:
+   * called by `BroadcastService` at start-up, so `@WsRoute(path, { recovery })` works across
+   * instances.
+   */
+  recoveryHistory(): RecoveryHistory {
+    this.history ??= new RedisStreamHistory({
+      names: this.names,
+      driver: () => this.driver,
+      isReady: () => this.ready && !this.closed && !!this.driver?.publisherReady,
+      want: (channel) => this.subscriptions?.want(channel),
+      reserve: (bytes) => {
+        if (this.backlog + bytes > this.tuning.maxPublishBacklog)
+          throw new Error(
+            `Redis is not keeping up: ${this.backlog} bytes of publishes await an answer ` +
+              `(maxPublishBacklog ${this.tuning.maxPublishBacklog})`,
+          );
+        this.backlog += bytes;
+      },
+      release: (bytes) => {
+        this.backlog -= bytes;
+        this.publishesAnswered++;
+      },
+    });
+    return this.history;
+  }
+
+  /**
    * Called by `BroadcastService` at start-up. Starts connecting in the background: an instance
    * boots while Redis is down.
    */
@@ -201,6 +231,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     this.subscriptions = new Subscriptions(this.driver, this.tuning.linger, this.subscribeFailed);
     for (const channel of [this.names.everyone, this.names.control, this.ownChannel])
       this.subscriptions.want(channel);
+    for (const channel of this.history?.channels() ?? []) this.subscriptions.want(channel);
     for (const kind of MEMBER_KINDS)
       for (const name of binding.members(kind))
         this.subscriptions.want(this.names.member(kind, name));
@@ -415,6 +446,11 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
         instance: this.self,
         count,
       });
+    } else if (frame.kind === 'entry') {
+      this.counters.received++;
+      this.framesSeen++;
+      const { route, epoch, seq, packet } = frame;
+      this.safely(() => this.history?.heard(route, epoch, seq, packet));
     } else this.control(frame.control);
   }
 
@@ -501,6 +537,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
     );
     this.hello();
     this.emit('ready');
+    this.history?.reachable();
   }
 
   /** A dropped connection, a failed retry or probe: not ready until verified again. */

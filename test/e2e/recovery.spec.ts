@@ -159,7 +159,7 @@ describe('recovery on one instance', () => {
     expect([...((await plain.next()) as Buffer)]).toEqual([1, 2, 3]);
   });
 
-  it('does not start with a transport that reaches other instances (one instance only for now)', async () => {
+  it('does not start with a transport that reaches other instances but offers no shared history', async () => {
     const shared: BroadcastTransport = { bind() {}, publish() {}, subscribe() {} };
     @Module({
       imports: [WsRoutesModule.forRoot({ broadcastTransport: shared })],
@@ -167,7 +167,7 @@ describe('recovery on one instance', () => {
     })
     class SharedModule {}
     const other = await NestFactory.create(SharedModule as Type, { logger: false });
-    await expect(other.init()).rejects.toThrow(/recovery works on one instance only/);
+    await expect(other.init()).rejects.toThrow(/recovery needs a history every instance shares/);
     await other.close().catch(() => undefined);
   });
 });
