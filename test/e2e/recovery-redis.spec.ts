@@ -1,5 +1,11 @@
 import { startChildApp, type ChildApp } from '../utils/child-app.js';
-import { describeRedis, startRedis, type RedisServer } from '../utils/redis-server.js';
+import {
+  describeRedis,
+  startRedis,
+  startRedisCluster,
+  type RedisCluster,
+  type RedisServer,
+} from '../utils/redis-server.js';
 import { delay, TestClient } from '../utils/ws-client.js';
 import type { SendArg } from '../fixtures/recovery-app.js';
 
@@ -245,5 +251,61 @@ describeRedis('recovery across instances (Redis Streams)', () => {
     expect(epochOf(data[0].id)).not.toBe(epochOf(seen[0].id));
     const back = await open(a, `/board?lastEventId=${seen[1].id}`);
     expect(await next(back)).toMatchObject({ data: { recovered: false, reason: 'history_lost' } });
+  });
+});
+
+/** The same replay over a three-master cluster (sharded pub/sub) and over an ioredis client. */
+describeRedis('recovery across instances: cluster and ioredis', () => {
+  let cluster: RedisCluster;
+  let redis: RedisServer;
+  const apps: ChildApp[] = [];
+  const clients: TestClient[] = [];
+
+  beforeAll(async () => {
+    [cluster, redis] = await Promise.all([startRedisCluster(), startRedis()]);
+  });
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.socket.terminate();
+    await Promise.all(apps.splice(0).map((app) => app.stop()));
+  });
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  const topologies: [string, () => Record<string, string>][] = [
+    ['a cluster', () => ({ REDIS_CLUSTER: JSON.stringify(cluster.rootNodes.map((n) => n.url)) })],
+    ['ioredis', () => ({ REDIS_URL: redis.url, REDIS_DRIVER: 'ioredis' })],
+  ];
+  it.each(topologies)('on %s: A to B with 30 missed, then live', async (_name, topology) => {
+    const env = { ...topology(), KEY_PREFIX: `recx${Date.now()}` };
+    const [a, b] = await Promise.all([
+      startChildApp(FIXTURE, { env }),
+      startChildApp(FIXTURE, { env }),
+    ]);
+    apps.push(a, b);
+    expect(await a.request('ready')).toBe(true);
+    expect(await b.request('ready')).toBe(true);
+    const c = await TestClient.open(a.url('/board?rooms=r'));
+    clients.push(c);
+    await c.nextJson<Frame>(5000);
+    await a.request('send', { route: '/board', count: 10 });
+    let last: Frame | undefined;
+    for (let i = 0; i < 10; i++) last = await c.nextJson<Frame>(5000);
+    await c.close();
+    await b.request('send', { route: '/board', count: 20, from: 10 });
+    await a.request('send', { room: 'r', count: 10, from: 30 });
+    await delay(100);
+    const back = await TestClient.open(b.url(`/board?rooms=r&lastEventId=${last!.id}`));
+    clients.push(back);
+    expect(await back.nextJson<Frame>(5000)).toMatchObject({
+      data: { recovered: true, replayed: 30 },
+    });
+    const data: number[] = [];
+    for (let i = 0; i < 30; i++) data.push((await back.nextJson<Frame>(5000)).data);
+    expect(data).toEqual(Array.from({ length: 30 }, (_, i) => i + 11));
+    await a.request('send', { route: '/board', count: 1, from: 40 });
+    const live = await back.nextJson<Frame>(5000);
+    expect(live.data).toBe(41);
+    expect(seqOf(live.id)).toBe(seqOf(last!.id) + 31);
   });
 });
