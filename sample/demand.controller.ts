@@ -38,7 +38,9 @@ export class DemandController {
    */
   @Post()
   @HttpCode(200)
-  update(@Body() body: Partial<DemandChange> | undefined): { item: DemandItem; sentTo: number } {
+  async update(
+    @Body() body: Partial<DemandChange> | undefined,
+  ): Promise<{ item: DemandItem; sentTo: number }> {
     const { name, quantity } = body ?? {};
     if (typeof name !== 'string' || name === '') {
       throw new BadRequestException('"name" must be a non-empty string');
@@ -46,10 +48,10 @@ export class DemandController {
     if (typeof quantity !== 'number' || !Number.isInteger(quantity) || quantity < 0) {
       throw new BadRequestException('"quantity" must be a non-negative integer');
     }
-    if (!this.demand.has(name)) {
+    const sentTo = await this.demand.set(name, quantity);
+    if (sentTo === undefined) {
       throw new NotFoundException(`No demand line named ${JSON.stringify(name)}`);
     }
-    const sentTo = this.demand.set(name, quantity);
     return { item: { name, quantity }, sentTo };
   }
 }

@@ -28,10 +28,14 @@ export interface OnlineEvent {
  * needed: the registry already tracks the connections of this route, and `DemandService`
  * reaches all of them through `BroadcastService`.
  *
+ * `recovery`: every broadcast to the route is kept (two minutes, 1,000 messages) and carries an
+ * id; a page that reconnects with `?lastEventId=` gets what it missed, in order, after
+ * `@OnOpen` (see sample/public/board.js).
+ *
  * Handlers take no parameter decorators, so they get the documented default arguments:
  * `(conn, request)` on open, `(conn, body)` on message, `(conn, { code, reason })` on close.
  */
-@WsRoute('/demand', { subprotocols: [DEMAND_PROTOCOL] })
+@WsRoute('/demand', { subprotocols: [DEMAND_PROTOCOL], recovery: true })
 export class DemandRoute {
   private readonly logger = new Logger(DemandRoute.name);
 
@@ -48,7 +52,8 @@ export class DemandRoute {
   open(conn: WsConnection) {
     const online = this.online();
     this.logger.log(`${conn.id} opened from ${conn.remoteAddress} (${online} online)`);
-    this.broadcast.toRoute(DemandRoute).except(conn).send(onlineEvent(online));
+    // Volatile: a head count is worth only its latest value, so it is not kept for replay.
+    this.broadcast.toRoute(DemandRoute).except(conn).send(onlineEvent(online), { volatile: true });
     return { event: 'welcome', data: { id: conn.id, online } };
   }
 
@@ -69,7 +74,7 @@ export class DemandRoute {
   close(conn: WsConnection, { code, reason }: { code: number; reason: string }) {
     const online = this.online();
     this.logger.log(`${conn.id} closed: ${code}${reason ? ` ${reason}` : ''} (${online} online)`);
-    this.broadcast.toRoute(DemandRoute).send(onlineEvent(online));
+    this.broadcast.toRoute(DemandRoute).send(onlineEvent(online), { volatile: true });
   }
 
   private online(): number {

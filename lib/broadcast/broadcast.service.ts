@@ -231,7 +231,13 @@ export class BroadcastService implements OnModuleInit, OnApplicationShutdown, Pa
     // First: a broadcast that a recovery route cannot take throws before anything is sent.
     const byRoute = this.recovery.active ? this.recovery.record(packet, message) : undefined;
     // Routes with a shared history get it from the history's feed: not from here, not again.
-    if (this.recovery.sharedRoutes.size && packet.routes?.length && !packet.action) {
+    // (A volatile broadcast is not kept, so it is delivered like any other, without an id.)
+    if (
+      this.recovery.sharedRoutes.size &&
+      packet.routes?.length &&
+      !packet.action &&
+      !packet.volatile
+    ) {
       const shared = this.recovery.sharedRoutes;
       const routes = packet.routes.filter((route) => !shared.has(route));
       if (routes.length !== packet.routes.length) {

@@ -37,7 +37,7 @@ export function createLocalDelivery(
         ? applyAction(registry, packet)
         : byRoute
           ? deliverWithIds(registry, packet, byRoute, recovery!)
-          : deliverMessage(registry, packet, shared?.size ? shared : undefined),
+          : deliverMessage(registry, packet, shared?.size && !packet.volatile ? shared : undefined),
     count: (packet) => {
       let count = 0;
       forEachRecipient(registry, packet, () => count++);

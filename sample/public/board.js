@@ -19,7 +19,18 @@ let opened = false;
 let failed = false;
 let online = '–';
 
-const socket = new ReconnectingWebSocket(WS_URL, ['demand.v1'], {
+// Recovery: the id of the last message that had one. partysocket calls the URL function before
+// every attempt, so a reconnect presents it and the server replays what this page missed.
+let lastId;
+const url = () => (lastId ? `${WS_URL}?lastEventId=${encodeURIComponent(lastId)}` : WS_URL);
+// Revisions of the board pushed to this page since `firstRev`: every one once, none missing.
+const revs = new Set();
+let firstRev;
+let maxRev = -1;
+let duplicates = 0;
+let renderedRev = -1;
+
+const socket = new ReconnectingWebSocket(url, ['demand.v1'], {
   // First retry after half a second, then 1.5 times longer each time, at most 5 s apart.
   minReconnectionDelay: 500,
   reconnectionDelayGrowFactor: 1.5,
@@ -35,8 +46,9 @@ socket.addEventListener('open', () => {
   opens += 1;
   log(opens === 1 ? `open (${socket.protocol})` : `open again, reconnect #${opens - 1}`);
   showStatus();
-  // Fill the table now, from this server, rather than waiting up to a second for a push.
-  loadBoard();
+  // The first time, fill the table now rather than waiting up to a second for a push; on a
+  // reconnect, the replay brings what was missed (or says it cannot, and the board reloads).
+  if (!lastId) loadBoard();
 });
 socket.addEventListener('message', (event) => receive(event.data));
 socket.addEventListener('error', () => {
@@ -71,12 +83,31 @@ function receive(data) {
     log(`← ${data}`);
     return;
   }
+  if (typeof message.id === 'string') lastId = message.id;
   switch (message.event) {
+    case 'position':
+      break;
+    case 'recovery': {
+      const { recovered, replayed, reason } = message.data;
+      if (recovered) {
+        $('recovery').textContent = `recovered, ${replayed} replayed`;
+      } else {
+        // The history cannot give everything this page missed: start again from the server.
+        $('recovery').textContent = `not recovered (${reason}), board reloaded`;
+        revs.clear();
+        firstRev = undefined;
+        maxRev = -1;
+        renderedRev = -1;
+        loadBoard();
+      }
+      break;
+    }
     case 'welcome':
     case 'online':
       online = message.data.online;
       break;
     case 'demand':
+      countRev(message.data.rev);
       renderBoard(message.data);
       if (message.data.change) {
         const { name, quantity } = message.data.change;
@@ -97,11 +128,26 @@ function showStatus() {
   $('retries').textContent = String(socket.retryCount);
   $('reconnects').textContent = String(Math.max(0, opens - 1));
   $('online').textContent = String(online);
+  $('last-id').textContent = lastId ?? '–';
+  $('pushes').textContent = String(revs.size);
+  $('missed').textContent = String(firstRev === undefined ? 0 : maxRev - firstRev + 1 - revs.size);
+  $('duplicates').textContent = String(duplicates);
   $('status').className =
     `status ${state === 'OPEN' ? 'open' : state === 'CLOSED' ? 'closed' : ''}`;
 }
 
-function renderBoard({ items, at }) {
+function countRev(rev) {
+  firstRev ??= rev;
+  if (rev < firstRev) return;
+  if (revs.has(rev)) duplicates += 1;
+  revs.add(rev);
+  maxRev = Math.max(maxRev, rev);
+}
+
+function renderBoard({ items, at, rev }) {
+  // Pushes may arrive after a fresher snapshot (or, from two instances, slightly out of order).
+  if (rev <= renderedRev) return;
+  renderedRev = rev;
   for (const { name, quantity } of items) {
     const row = rows.get(name) ?? addRow(name);
     const previous = row.quantity;

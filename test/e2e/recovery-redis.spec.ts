@@ -162,6 +162,24 @@ describeRedis('recovery across instances (Redis Streams)', () => {
     await expect(back.next(300)).rejects.toThrow(/no message/);
   });
 
+  it('a volatile broadcast reaches live pages on every instance, without an id, and is not replayed', async () => {
+    const onA = await open(a, '/board');
+    const onB = await open(b, '/board');
+    await next(onA);
+    const position = await next(onB);
+    await send(a, { route: '/board', count: 1, event: 'v', volatile: true });
+    for (const c of [onA, onB]) expect(await next(c)).toEqual({ event: 'v', data: 1 });
+    await onB.close();
+    await send(a, { route: '/board', count: 1, event: 'v', from: 1, volatile: true });
+    await send(a, { route: '/board', count: 1, event: 'kept' });
+    expect(await next(onA)).toEqual({ event: 'v', data: 2 });
+    expect(await next(onA)).toMatchObject({ event: 'kept', data: 1 });
+    const back = await open(b, `/board?lastEventId=${position.id}`);
+    expect(await next(back)).toMatchObject({ data: { recovered: true, replayed: 1 } });
+    expect(await next(back)).toMatchObject({ event: 'kept', data: 1 });
+    await expect(back.next(200)).rejects.toThrow(/no message/);
+  });
+
   it('too_old past the window, history_lost for another epoch, unknown_position for nonsense', async () => {
     const c = await open(a, '/short');
     const position = await next(c);
