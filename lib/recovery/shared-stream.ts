@@ -23,6 +23,8 @@ const FRAME_HEADER = 10;
  * queue is refused anyway (`too_many`), this bounds what a read costs Redis and this process.
  */
 export const MAX_READ_BYTES = 64 * 1024 * 1024;
+/** After a failed read of the history (while it is reachable), the next try. */
+const RETRY_DELAY = 1_000;
 /** How often a run of broadcasts the history could not store is logged (with a count). */
 const LOSS_LOG_INTERVAL = 10_000;
 
@@ -195,26 +197,40 @@ export class SharedStream implements HistoryFeed {
     this.history
       .read(this.route, known ? this.epoch : undefined, known ? this.seq : -1, MAX_READ_BYTES)
       .then(
-        (read) => {
-          this.syncing = false;
-          this.caughtUp(read, known);
-          this.drain();
-          if (this.syncAgain) {
-            this.syncAgain = false;
-            this.sync();
-          }
-          this.scheduleBatch();
-        },
+        (read) =>
+          this.guard(() => {
+            this.syncing = false;
+            this.caughtUp(read, known);
+            this.drain();
+            if (this.syncAgain) {
+              this.syncAgain = false;
+              this.sync();
+            }
+            this.scheduleBatch();
+          }),
         (error: unknown) => {
           this.syncing = false;
           this.syncAgain = false;
-          // Unreachable: the next `ready()` reads again. Entries heard meanwhile wait.
           this.logger.warn?.(
             `Recovery ${this.route}: the history could not be read (${describe(error)}); ` +
-              'waiting for it to be reachable',
+              'trying again',
           );
+          // Unreachable: `ready()` reads again. Reachable (a failed read): once a second.
+          if (this.history.isReady())
+            setTimeout(() => {
+              if (!this.syncing && (!this.known || this.pending.length)) this.sync();
+            }, RETRY_DELAY).unref();
         },
       );
+  }
+
+  /** A step of the feed that must never throw into a promise nobody awaits. */
+  private guard(step: () => void): void {
+    try {
+      step();
+    } catch (error) {
+      this.logger.error(`Recovery ${this.route}: ${describe(error)}`);
+    }
   }
 
   private caughtUp(read: HistoryRead, known: boolean): void {
@@ -328,7 +344,11 @@ export class SharedStream implements HistoryFeed {
     if (this.batchScheduled || !this.batch.length || !this.known || this.syncing) return;
     this.batchScheduled = true;
     // The reconnects of this turn (a server restart brings many at once) share one read.
-    setImmediate(() => void this.runBatch());
+    setImmediate(() => {
+      this.runBatch().catch((error: unknown) =>
+        this.logger.error(`Recovery ${this.route}: a replay failed: ${describe(error)}`),
+      );
+    });
   }
 
   private async runBatch(): Promise<void> {
@@ -353,7 +373,15 @@ export class SharedStream implements HistoryFeed {
       }
     }
     const payloads = new Map<number, Buffer>();
-    for (const conn of conns) this.finish(conn, read, payloads);
+    for (const conn of conns) {
+      try {
+        this.finish(conn, read, payloads);
+      } catch (error) {
+        // Never left buffering: the connection goes on live, without its replay.
+        this.replaying.delete(conn);
+        this.logger.error(`Recovery ${this.route}: a replay failed: ${describe(error)}`);
+      }
+    }
     this.scheduleBatch();
   }
 

@@ -249,6 +249,47 @@ describeRedis('recovery across instances (Redis Streams)', () => {
     expect(data).toEqual([...data].sort((x, y) => x - y));
   });
 
+  it("Redis killed mid-stream: the sender's pages are told once, a reconnect is answered, nothing crashes", async () => {
+    const c = await open(a, '/board');
+    const d = await open(b, '/board');
+    await next(c);
+    await next(d);
+    await send(a, { route: '/board', count: 2 });
+    const seen = await take(c, 2);
+    await take(d, 2);
+    await redis.kill();
+    await delay(300);
+    // Three broadcasts A cannot store: its page hears recovered:false once, not three times.
+    await send(a, { route: '/board', count: 3, from: 2 });
+    expect(await next(c)).toMatchObject({
+      event: 'recovery',
+      data: { recovered: false, reason: 'history_lost' },
+    });
+    await expect(c.next(300)).rejects.toThrow(/no message/);
+    await expect(d.next(100)).rejects.toThrow(/no message/);
+    // A reconnect while the history is unreachable is answered, not left waiting.
+    const during = await open(b, `/board?lastEventId=${seen[1].id}`);
+    expect(await next(during)).toMatchObject({
+      event: 'recovery',
+      data: { recovered: false, reason: 'history_lost' },
+    });
+    await redis.restart();
+    expect(await a.request('ready')).toBe(true);
+    expect(await b.request('ready')).toBe(true);
+    await send(a, { route: '/board', count: 1, from: 5 });
+    for (const page of [c, d]) {
+      const frames = await until(page, 'n');
+      const signals = frames.slice(0, -1);
+      expect(signals.length).toBeLessThanOrEqual(1);
+      for (const signal of signals)
+        expect(signal).toMatchObject({ data: { recovered: false, reason: 'history_lost' } });
+      expect(frames[frames.length - 1]).toMatchObject({ data: 6 });
+      expect(epochOf(frames[frames.length - 1].id)).not.toBe(epochOf(seen[0].id));
+    }
+    a.assertAlive();
+    b.assertAlive();
+  });
+
   it('a Redis restart without persistence tells live pages recovered:false (history_lost)', async () => {
     const c = await open(b, '/board');
     await next(c);
