@@ -26,6 +26,7 @@ export type {
   HandshakeGuard,
   OriginPolicy,
   RateLimitOptions,
+  RefusalMode,
 } from './interfaces/handshake-options.interface.js';
 
 // Decorators

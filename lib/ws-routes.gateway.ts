@@ -129,6 +129,7 @@ export class WsRoutesGateway
   async onApplicationShutdown(): Promise<void> {
     await this.onModuleDestroy();
     if (this.server) UpgradeHub.of(this.server).remove(this.pipeline.handle);
+    this.pipeline.dropRefusals();
     this.handshakeWatch?.stop();
     for (const route of this.routes) route.wss.close();
     if (this.ownsServer && this.server?.listening) {

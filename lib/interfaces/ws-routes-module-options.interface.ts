@@ -5,6 +5,7 @@ import type {
   HandshakeGuard,
   OriginPolicy,
   RateLimitOptions,
+  RefusalMode,
 } from './handshake-options.interface.js';
 import type { HeartbeatOptions } from './heartbeat-options.interface.js';
 
@@ -39,6 +40,12 @@ export interface WsRoutesModuleOptions {
   userId?: UserIdOf;
   /** Browser origins allowed to connect. Default: same origin only. */
   origins?: OriginPolicy;
+  /**
+   * How refused upgrades are answered: `'http'` (default), a status a browser page cannot
+   * read, or `'close'`, a 101 closed at once with `4000 + status` and the reason, which it can.
+   * See {@link RefusalMode} for which refusals stay HTTP either way.
+   */
+  refuse?: RefusalMode;
   /** Guards run at the upgrade of every route, after the origin check. */
   guards?: HandshakeGuard[];
   /** Most open connections of this process; more are refused with 503. Default 10 000. */

@@ -1,7 +1,7 @@
 import type { PerMessageDeflateOptions } from 'ws';
 import { WS_ROUTES_DEFAULTS } from '../ws-routes.constants.js';
 import type { OutboundPolicy } from '../connection/outbound.js';
-import type { RateLimitOptions } from '../interfaces/handshake-options.interface.js';
+import type { RateLimitOptions, RefusalMode } from '../interfaces/handshake-options.interface.js';
 import type { HeartbeatOptions } from '../interfaces/heartbeat-options.interface.js';
 import type { WsRouteOptions } from '../interfaces/ws-route-options.interface.js';
 import type { WsRoutesModuleOptions } from '../interfaces/ws-routes-module-options.interface.js';
@@ -26,6 +26,8 @@ export interface RouteConfig {
   /** Open connections on this route (`Infinity`: only the process limit applies). */
   maxConnections: number;
   requireProtocol: boolean;
+  /** How a refused upgrade of this route is answered: an HTTP status, or a 101 and a close. */
+  refuse: RefusalMode;
   /** How long `@OnClose` waits for the messages accepted before the close: `shutdownTimeout`. */
   closeTimeout: number;
   /** `undefined`: broadcasts are not kept for replay on this route. */
@@ -110,6 +112,12 @@ export function resolveRouteConfig(
     ),
     maxConnections,
     requireProtocol,
+    refuse: check.oneOf(
+      'refuse',
+      route.refuse ?? module.refuse,
+      ['http', 'close'] as const,
+      WS_ROUTES_DEFAULTS.refuse,
+    ),
     closeTimeout,
     recovery: check.recovery(route.recovery),
   };
