@@ -9,7 +9,6 @@ import {
   type ExecutionContext,
 } from '@nestjs/common';
 import type { Server } from 'node:http';
-import { WebSocket, type ClientOptions } from 'ws';
 import {
   CloseCode,
   HandshakeResponse,
@@ -32,7 +31,13 @@ import {
   upgradeRequest,
   WS_KEY,
 } from '../utils/raw-socket.js';
-import { delay, eventually, refusedUpgrade, TestClient } from '../utils/ws-client.js';
+import {
+  delay,
+  eventually,
+  refusedUpgrade,
+  refusedWithClose,
+  TestClient,
+} from '../utils/ws-client.js';
 
 /**
  * `refuse: 'close'`: a refused upgrade is a 101 closed at once with 4000 + status and the
@@ -111,50 +116,6 @@ const logger = new CapturingLogger();
   providers: [TokenGuard, ClosingRoute, StrictRoute, HttpRoute],
 })
 class AppModule {}
-
-/** What a `ws` client saw of an upgrade refused with a close. */
-interface ClosedRefusal {
-  status: number;
-  opened: boolean;
-  protocol: string;
-  headers: Record<string, unknown>;
-  code: number;
-  reason: string;
-  /** The connection ended with a close frame from the server, answered. */
-  clean: boolean;
-}
-
-function refusedWithClose(
-  url: string,
-  options: ClientOptions & { protocols?: string[] } = {},
-): Promise<ClosedRefusal> {
-  return new Promise((resolve, reject) => {
-    const socket = new WebSocket(url, options.protocols, options);
-    let status = 0;
-    let headers: Record<string, unknown> = {};
-    let opened = false;
-    socket.on('upgrade', (response) => {
-      status = response.statusCode ?? 0;
-      headers = response.headers;
-    });
-    socket.on('open', () => (opened = true));
-    socket.on('unexpected-response', (_request, response) =>
-      reject(new Error(`HTTP ${response.statusCode} instead of a 101 and a close`)),
-    );
-    socket.on('error', reject);
-    socket.on('close', (code, reason) =>
-      resolve({
-        status,
-        opened,
-        protocol: socket.protocol,
-        headers,
-        code,
-        reason: reason.toString(),
-        clean: code !== CloseCode.Abnormal,
-      }),
-    );
-  });
-}
 
 describe("refuse: 'close'", () => {
   let t: TestApp;
