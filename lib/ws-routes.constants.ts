@@ -46,6 +46,11 @@ export const WS_ROUTES_DEFAULTS = {
   heartbeat: { interval: 30_000, timeout: 10_000 },
   /** How long `app.close()` waits for clients to answer the 1001 close before terminating them. */
   shutdownTimeout: 5_000,
+  /**
+   * How long a shutdown keeps serving (and accepting upgrades) after it began, with the health
+   * indicator down, before it refuses new upgrades and closes connections: none.
+   */
+  drainDelay: 0,
   /** Per-message deflate costs 50–80 KB per connection once used; opt in per route. */
   perMessageDeflate: false,
   /** Host the separate `port` listens on, when one is configured. */

@@ -123,6 +123,11 @@ export class UpgradePipeline {
     this.matcher.add(route);
   }
 
+  /** Slots of the process limit taken: open connections and handshakes in progress. */
+  get slotsTaken(): number {
+    return this.limiter.counts.total;
+  }
+
   /** At shutdown: destroys the refusals still waiting for their client's close. */
   dropRefusals(): void {
     this.closeRefusals.dropAll();

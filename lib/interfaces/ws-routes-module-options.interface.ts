@@ -27,6 +27,14 @@ export interface WsRoutesModuleOptions {
   /** Milliseconds `app.close()` waits for clients to answer the 1001 close. Default 5000. */
   shutdownTimeout?: number;
   /**
+   * Milliseconds a shutdown (`app.close()`, or SIGTERM with `enableShutdownHooks()`) keeps
+   * serving before it refuses new upgrades with 503 and closes connections with 1001: the
+   * health indicator (`nestjs-ws-routes/terminus`) reports down from the first moment, so a
+   * load balancer stops sending clients here while those already here are still served.
+   * Default 0: refuse and close at once.
+   */
+  drainDelay?: number;
+  /**
    * Where broadcasts travel. Default: in memory (this process only). Pass a Redis transport
    * to reach the connections of every instance.
    */

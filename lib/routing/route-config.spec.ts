@@ -91,6 +91,7 @@ describe('resolveGatewayConfig', () => {
       trustProxy: false,
       handshakeTimeout: WS_ROUTES_DEFAULTS.handshakeTimeout,
       shutdownTimeout: WS_ROUTES_DEFAULTS.shutdownTimeout,
+      drainDelay: 0,
     });
     expect(resolveGatewayConfig({ handshakeTimeout: 0 }).handshakeTimeout).toBe(0);
   });
@@ -99,6 +100,8 @@ describe('resolveGatewayConfig', () => {
     [{ maxConnections: 0 }, 'maxConnections'],
     [{ maxConnectionsPerIp: -1 }, 'maxConnectionsPerIp'],
     [{ handshakeTimeout: -1 }, 'handshakeTimeout'],
+    [{ drainDelay: -1 }, 'drainDelay'],
+    [{ drainDelay: Infinity }, 'drainDelay'],
     [{ trustProxy: 'yes' }, 'trustProxy'],
   ])('refuses %j', (options, option) => {
     expect(() => resolveGatewayConfig(options as never)).toThrow(

@@ -42,6 +42,8 @@ export interface GatewayConfig {
   /** `0`: neither the slowloris watch nor the guard timer runs. */
   handshakeTimeout: number;
   shutdownTimeout: number;
+  /** How long a shutdown serves on, reporting down, before it refuses and closes. */
+  drainDelay: number;
 }
 
 /**
@@ -133,14 +135,22 @@ export function resolveGatewayConfig(module: WsRoutesModuleOptions): GatewayConf
   ) {
     check.fail('trustProxy', 'must be a boolean or a number of proxy hops', trustProxy);
   }
+  const drainDelay = check.size('drainDelay', module.drainDelay, 0);
+  // A timer longer than this fires at once (Node clamps it to 1 ms).
+  if (drainDelay > MAX_TIMER)
+    check.fail('drainDelay', `must be at most ${MAX_TIMER} ms`, drainDelay);
   return {
     maxConnections: check.size('maxConnections', module.maxConnections, 1),
     maxConnectionsPerIp: check.size('maxConnectionsPerIp', module.maxConnectionsPerIp, 1),
     trustProxy,
     handshakeTimeout: check.size('handshakeTimeout', module.handshakeTimeout, 0),
     shutdownTimeout: check.size('shutdownTimeout', module.shutdownTimeout, 0),
+    drainDelay,
   };
 }
+
+/** The longest delay `setTimeout` keeps (2^31 - 1 ms, about 24.8 days). */
+const MAX_TIMER = 2 ** 31 - 1;
 
 /** Checks of one route's (or the module's) options; every failure names `owner` and the option. */
 class OptionCheck {
