@@ -7,7 +7,7 @@ import 'reflect-metadata';
 // Module, adapter and gateway
 export { WsRoutesModule } from './ws-routes.module.js';
 export { WsRoutesAdapter } from './ws-routes.adapter.js';
-export { WsRoutesGateway } from './ws-routes.gateway.js';
+export { WsRoutesGateway, type WsRoutesPhase, type WsRoutesStatus } from './ws-routes.gateway.js';
 
 // Constants
 export {
@@ -26,6 +26,7 @@ export type {
   HandshakeGuard,
   OriginPolicy,
   RateLimitOptions,
+  RefusalMode,
 } from './interfaces/handshake-options.interface.js';
 
 // Decorators

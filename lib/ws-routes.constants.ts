@@ -25,6 +25,14 @@ export const CloseCode = {
   InternalError: 1011,
   /** The server is overloaded; try again later. */
   TryAgainLater: 1013,
+  /**
+   * An upgrade refused with `refuse: 'close'` closes with `4000 + status`: these four are the
+   * usual ones (graphql-ws's 4401 and 4403 are the convention); a guard's 409 is 4409.
+   */
+  Unauthorized: 4401,
+  Forbidden: 4403,
+  TooManyRequests: 4429,
+  ServiceUnavailable: 4503,
 } as const;
 
 /** A close code from {@link CloseCode}. */
@@ -38,6 +46,11 @@ export const WS_ROUTES_DEFAULTS = {
   heartbeat: { interval: 30_000, timeout: 10_000 },
   /** How long `app.close()` waits for clients to answer the 1001 close before terminating them. */
   shutdownTimeout: 5_000,
+  /**
+   * How long a shutdown keeps serving (and accepting upgrades) after it began, with the health
+   * indicator down, before it refuses new upgrades and closes connections: none.
+   */
+  drainDelay: 0,
   /** Per-message deflate costs 50–80 KB per connection once used; opt in per route. */
   perMessageDeflate: false,
   /** Host the separate `port` listens on, when one is configured. */
@@ -68,6 +81,16 @@ export const WS_ROUTES_DEFAULTS = {
    * multiple of `maxPayload` (default 4 × 1 MiB).
    */
   maxQueuedPayloads: 4,
+  /** How a refused upgrade is answered: an HTTP status (`'http'`) or a 101 and a close. */
+  refuse: 'http',
+  /**
+   * Refusals answered with a 101 and a close (`refuse: 'close'`) that may be waiting for the
+   * client's close at once; beyond, a refusal is an HTTP status, so a flood of refused
+   * upgrades costs at most this many sockets.
+   */
+  maxClosingRefusals: 256,
+  /** How long such a refusal waits for the client's close before the socket is destroyed (ms). */
+  refusalCloseTimeout: 1_000,
 } as const;
 
 /** Metadata keys written by the decorators and read once at start-up by the explorer. */

@@ -40,6 +40,26 @@ import { RouteDispatcher } from './handlers/route-dispatcher.js';
 import { WsHandlerFactory } from './handlers/ws-handler-factory.js';
 import { WsRoutesExceptionFilter } from './handlers/ws-routes-exception-filter.js';
 
+/**
+ * Where the gateway is in its life: `'serving'`; `'draining'` once a shutdown began, still
+ * serving and accepting upgrades for `drainDelay` while health checks report down;
+ * `'closing'`: new upgrades get 503, connections get 1001.
+ */
+export type WsRoutesPhase = 'serving' | 'draining' | 'closing';
+
+/** What a health check reads of the gateway: connections against their limits, and the phase. */
+export interface WsRoutesStatus {
+  phase: WsRoutesPhase;
+  /** Open connections of this process. */
+  connections: number;
+  /** Handshakes in progress: they hold a slot of `maxConnections` too. */
+  handshakes: number;
+  /** The process limit (`maxConnections`). */
+  maxConnections: number;
+  /** Routes with their own `maxConnections`: open connections and the limit, by pattern. */
+  routes: Record<string, { connections: number; maxConnections: number }>;
+}
+
 /** A route as it runs: what the upgrade pipeline needs, its dispatcher and its heartbeat. */
 interface ActiveRoute extends UpgradeRoute {
   definition: WsRouteDefinition;
@@ -66,7 +86,7 @@ export class WsRoutesGateway
   private readonly routes: ActiveRoute[] = [];
   private server: Server | undefined;
   private ownsServer = false;
-  private closing = false;
+  private phase: WsRoutesPhase = 'serving';
   private shutdown: Promise<void> | undefined;
   private handshakeWatch: HandshakeWatch | undefined;
   private readonly config: GatewayConfig;
@@ -82,13 +102,41 @@ export class WsRoutesGateway
     private readonly recovery: RecoveryHub,
   ) {
     this.config = resolveGatewayConfig(options);
-    this.pipeline = new UpgradePipeline(this.config, registry, this.logger, () => this.closing);
+    this.pipeline = new UpgradePipeline(
+      this.config,
+      registry,
+      this.logger,
+      () => this.phase === 'closing',
+    );
   }
 
   /** Address of the server the routes are served on (the separate `port`, or the app's). */
   address(): AddressInfo | null {
     const address = this.server?.address();
     return address && typeof address === 'object' ? address : null;
+  }
+
+  /**
+   * Connections against their limits and the shutdown phase, for a health check (see
+   * `WsRoutesHealthIndicator` in `nestjs-ws-routes/terminus`). Cheap: counters only.
+   */
+  status(): WsRoutesStatus {
+    const routes: WsRoutesStatus['routes'] = {};
+    for (const { pattern, config } of this.routes) {
+      if (config.maxConnections === Infinity) continue;
+      routes[pattern] = {
+        connections: this.registry.byRoute(pattern).size,
+        maxConnections: config.maxConnections,
+      };
+    }
+    const connections = this.registry.size;
+    return {
+      phase: this.phase,
+      connections,
+      handshakes: Math.max(0, this.pipeline.slotsTaken - connections),
+      maxConnections: this.config.maxConnections,
+      routes,
+    };
   }
 
   async onApplicationBootstrap(): Promise<void> {
@@ -116,7 +164,12 @@ export class WsRoutesGateway
     for (const route of this.routes) route.heartbeat?.start();
   }
 
-  /** `app.close()`: refuse new upgrades with 503, close every connection with 1001. */
+  /**
+   * `app.close()` (or a signal with `enableShutdownHooks()`): report down and keep serving for
+   * `drainDelay`, then refuse new upgrades with 503 and close every connection with 1001. In
+   * `onModuleDestroy`, the first hook of Nest's shutdown, so `@OnClose` handlers still have
+   * the providers that other modules release in their own hooks.
+   */
   onModuleDestroy(): Promise<void> {
     return (this.shutdown ??= this.closeConnections());
   }
@@ -129,6 +182,7 @@ export class WsRoutesGateway
   async onApplicationShutdown(): Promise<void> {
     await this.onModuleDestroy();
     if (this.server) UpgradeHub.of(this.server).remove(this.pipeline.handle);
+    this.pipeline.dropRefusals();
     this.handshakeWatch?.stop();
     for (const route of this.routes) route.wss.close();
     if (this.ownsServer && this.server?.listening) {
@@ -243,7 +297,15 @@ export class WsRoutesGateway
   }
 
   private async closeConnections(): Promise<void> {
-    this.closing = true;
+    const { drainDelay } = this.config;
+    if (drainDelay > 0) {
+      this.phase = 'draining';
+      this.logger.log(
+        `Shutting down: serving ${this.registry.size} connection(s) for ${drainDelay} ms more while reporting down`,
+      );
+      await new Promise((resolve) => setTimeout(resolve, drainDelay));
+    }
+    this.phase = 'closing';
     this.handshakeWatch?.dropPending();
     for (const route of this.routes) route.heartbeat?.stop();
     const timeout = this.config.shutdownTimeout;

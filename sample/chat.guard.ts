@@ -1,6 +1,7 @@
 import {
   BadRequestException,
   Injectable,
+  UnauthorizedException,
   type CanActivate,
   type ExecutionContext,
 } from '@nestjs/common';
@@ -18,9 +19,11 @@ const ROOM = /^[\p{L}\p{N}_-]{1,32}$/u;
 
 /**
  * The chat's handshake guard: `?name=alice` is required. On a `@WsRoute` class,
- * `@UseGuards()` runs at the upgrade, before the 101: a refusal is an HTTP answer (here 400
- * with the reason) and the browser sees `onerror` then `onclose` with 1006, with no open
- * connection and no `@OnOpen`. What the guard puts in `request.user` becomes `conn.data.user`.
+ * `@UseGuards()` runs at the upgrade, before the 101, and nothing opens (no `@OnOpen`) when it
+ * says no. The route has `refuse: 'close'`, so the page reads why in `onclose`: no name is a
+ * 401 (close 4401, "log in again"), a name or room that breaks the rules a 400 (close 4400).
+ * With the default `refuse: 'http'` the page would only see `onerror` and 1006. What the
+ * guard puts in `request.user` becomes `conn.data.user`.
  *
  * A real application would check a token here (`?token=…`, a cookie) instead of trusting a
  * name; the shape is the same.
@@ -34,10 +37,9 @@ export class ChatGuard implements CanActivate {
       throw new BadRequestException('The room name is 1 to 32 letters, digits, "_" or "-"');
     }
     const name = single(request.query.name)?.trim() ?? '';
+    if (name === '') throw new UnauthorizedException('Join with a name: ?name=…');
     if (!NAME.test(name)) {
-      throw new BadRequestException(
-        'Join with ?name=…: 1 to 24 letters, digits, spaces, "_", "." or "-"',
-      );
+      throw new BadRequestException('A name is 1 to 24 letters, digits, spaces, "_", "." or "-"');
     }
     request.user = { name } satisfies ChatUser;
     return true;

@@ -14,7 +14,7 @@ import { ChatGuard, type ChatUser } from './chat.guard.js';
 /**
  * The chat's subprotocol: JSON `{ event, data }` messages. The client sends `say`; the server
  * sends `welcome`, `joined`, `left`, `said` (someone else's line) and `sent` (the sender's own
- * line, confirmed). `requireProtocol` refuses clients that do not offer it with 400.
+ * line, confirmed). `requireProtocol` refuses clients that do not offer it (close 4400).
  */
 export const CHAT_PROTOCOL = 'chat.v1';
 
@@ -34,8 +34,16 @@ type ChatConnection = WsConnection<{ user: ChatUser }>;
  * A chat with rooms: `/chat/lobby?name=alice`. Rooms live in `BroadcastService`, so a room is
  * only a name: `conn.join()` on open, and the connection leaves it by itself when it closes.
  * Room names are prefixed (`chat:lobby`) because rooms are shared by every route of the app.
+ *
+ * `refuse: 'close'`: a refused join is a 101 closed at once with 4000 + status and the
+ * reason (4401 "log in again", 4400, 4503 while the server shuts down), which the page reads;
+ * an HTTP status would reach the page as a bare 1006, the same as a server that is down.
  */
-@WsRoute('/chat/:room', { subprotocols: [CHAT_PROTOCOL], requireProtocol: true })
+@WsRoute('/chat/:room', {
+  subprotocols: [CHAT_PROTOCOL],
+  requireProtocol: true,
+  refuse: 'close',
+})
 @UseGuards(ChatGuard)
 export class ChatRoute {
   private readonly logger = new Logger(ChatRoute.name);

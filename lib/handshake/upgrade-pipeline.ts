@@ -15,9 +15,11 @@ import type { GatewayConfig, RouteConfig } from '../routing/route-config.js';
 import { requestUrl } from '../routing/request-path.js';
 import { RouteMatcher } from '../routing/route-matcher.js';
 import { clientIp } from './client-ip.js';
+import { CloseRefusals, refusalCloseCode } from './close-refusal.js';
 import { ConnectionLimiter } from './connection-limiter.js';
 import { HandshakeResponse, type HandshakeRequest } from './handshake-guards.js';
 import { headerLines } from './header-lines.js';
+import { refusalText } from './refusal-reason.js';
 import { refuseUpgrade } from './refuse-upgrade.js';
 import { chooseProtocol, offeredProtocols, type ProtocolSelector } from './select-protocol.js';
 import { ignoreError, releaseSocketErrors } from './socket-errors.js';
@@ -57,6 +59,7 @@ const RESERVED_101 = new Set([
 const chosenProtocols = new WeakMap<IncomingMessage, string>();
 /** Validated header lines a guard set, for the 101. */
 const upgradeHeaders = new WeakMap<IncomingMessage, string[]>();
+const NO_LINES: readonly string[] = [];
 
 function chosenProtocol(_offered: Set<string>, request: IncomingMessage): string | false {
   return chosenProtocols.get(request) ?? false;
@@ -103,6 +106,8 @@ export class UpgradePipeline {
   private readonly limiter: ConnectionLimiter;
   /** Connections whose attach failed: their slot was given back then, not when they leave. */
   private readonly orphans = new WeakSet<WsConnection>();
+  /** Refusals answered with a 101 and a close (`refuse: 'close'`), bounded in count and time. */
+  private readonly closeRefusals = new CloseRefusals();
 
   constructor(
     private readonly config: GatewayConfig,
@@ -116,6 +121,16 @@ export class UpgradePipeline {
 
   add(route: UpgradeRoute): void {
     this.matcher.add(route);
+  }
+
+  /** Slots of the process limit taken: open connections and handshakes in progress. */
+  get slotsTaken(): number {
+    return this.limiter.counts.total;
+  }
+
+  /** At shutdown: destroys the refusals still waiting for their client's close. */
+  dropRefusals(): void {
+    this.closeRefusals.dropAll();
   }
 
   /** Gives back a closed connection's slot in the connection limits (the dispatcher's `onRemoved`). */
@@ -144,7 +159,9 @@ export class UpgradePipeline {
     if (problem) {
       this.refuse(request, socket, pathname, problem.status, problem.message, problem.headers);
     } else if (this.isClosing()) {
-      this.refuse(request, socket, pathname, 503, SHUTDOWN_CLOSE_REASON, { 'Retry-After': 5 });
+      this.refuseOn(found.route, head, request, socket, pathname, 503, SHUTDOWN_CLOSE_REASON, {
+        'Retry-After': 5,
+      });
     } else {
       const query = url.search.length > 1 ? parseQuery(url.search.slice(1)) : {};
       this.handshake(found.route, request, socket, head, pathname, found.params, query).catch(
@@ -170,7 +187,7 @@ export class UpgradePipeline {
         exceeded === 'ip'
           ? [429, 'Too many connections from this address']
           : [503, 'Too many connections'];
-      this.refuse(request, socket, pathname, status, message, {
+      this.refuseOn(route, head, request, socket, pathname, status, message, {
         'Retry-After': exceeded === 'ip' ? 1 : 5,
       });
       return;
@@ -186,7 +203,7 @@ export class UpgradePipeline {
     };
     socket.once('close', release);
 
-    if (!this.agreeOnProtocol(route, request, socket, pathname)) return;
+    if (!this.agreeOnProtocol(route, request, socket, head, pathname)) return;
 
     const handshakeRequest = Object.assign(request, {
       params,
@@ -196,23 +213,26 @@ export class UpgradePipeline {
     }) as HandshakeRequest;
     const response = new HandshakeResponse();
     const { handshakeTimeout } = this.config;
+    // A refusal sent as a close leaves the socket writable (it waits for the client's close),
+    // so the guards' late answer is ignored by this flag rather than by `socket.writable`.
+    let timedOut = false;
     const timer =
       handshakeTimeout > 0
-        ? setTimeout(
-            () => this.refuse(request, socket, pathname, 503, 'Handshake timed out'),
-            handshakeTimeout,
-          )
+        ? setTimeout(() => {
+            timedOut = true;
+            this.refuseOn(route, head, request, socket, pathname, 503, 'Handshake timed out');
+          }, handshakeTimeout)
         : undefined;
     try {
       await route.checkGuards(handshakeRequest, response);
       await route.checkClassGuards(handshakeRequest, response);
     } catch (error) {
-      this.refuseFor(error, request, socket, pathname, response);
+      if (!timedOut) this.refuseFor(error, route, head, request, socket, pathname, response);
       return;
     } finally {
       clearTimeout(timer);
     }
-    if (!socket.writable) return; // the client left, or the timeout answered it
+    if (timedOut || !socket.writable) return; // the timeout answered it, or the client left
 
     const lines = headerLines(response.headers, RESERVED_101, (name, reason) =>
       this.logger.error(`Dropped response header ${name} of the upgrade of ${pathname}: ${reason}`),
@@ -258,10 +278,12 @@ export class UpgradePipeline {
     route: UpgradeRoute,
     request: IncomingMessage,
     socket: Duplex,
+    head: Buffer,
     pathname: string,
   ): boolean {
     const offered = offeredProtocols(request);
     if (!offered) {
+      // Malformed: no 101 can answer it, so HTTP whatever `refuse` says.
       this.refuse(request, socket, pathname, 400, 'Invalid Sec-WebSocket-Protocol header');
       return false;
     }
@@ -271,12 +293,12 @@ export class UpgradePipeline {
         chosen = chooseProtocol(route.selectProtocol, offered, request);
       } catch (error) {
         this.logger.error(`selectProtocol of ${pathname} threw`, stackOf(error));
-        this.refuse(request, socket, pathname, 500, INTERNAL_ERROR_MESSAGE);
+        this.refuseOn(route, head, request, socket, pathname, 500, INTERNAL_ERROR_MESSAGE);
         return false;
       }
     }
     if (route.config.requireProtocol && !chosen) {
-      this.refuse(request, socket, pathname, 400, 'No acceptable subprotocol');
+      this.refuseOn(route, head, request, socket, pathname, 400, 'No acceptable subprotocol');
       return false;
     }
     if (chosen) chosenProtocols.set(request, chosen);
@@ -315,6 +337,8 @@ export class UpgradePipeline {
   /** A guard said no or threw: its HTTP status and body, or a logged 500. */
   private refuseFor(
     error: unknown,
+    route: UpgradeRoute,
+    head: Buffer,
     request: IncomingMessage,
     socket: Duplex,
     pathname: string,
@@ -325,12 +349,59 @@ export class UpgradePipeline {
       // A 1xx/2xx/3xx "refusal" would read as something else to the client (a 101 as success).
       if (Number.isInteger(status) && status >= 400 && status <= 599) {
         if (status >= 500) this.logger.error(`Upgrade of ${pathname} failed`, error.stack);
-        this.refuse(request, socket, pathname, status, error.getResponse(), response.headers);
+        const message = error.getResponse();
+        this.refuseOn(route, head, request, socket, pathname, status, message, response.headers);
         return;
       }
     }
     this.logger.error(`A handshake guard of ${pathname} threw`, stackOf(error));
-    this.refuse(request, socket, pathname, 500, INTERNAL_ERROR_MESSAGE, response.headers);
+    this.refuseOn(
+      route,
+      head,
+      request,
+      socket,
+      pathname,
+      500,
+      INTERNAL_ERROR_MESSAGE,
+      response.headers,
+    );
+  }
+
+  /**
+   * A refusal once the route is known and the request is a well-formed upgrade: with
+   * `refuse: 'close'`, a 101 closed at once with `4000 + status` (see {@link CloseRefusals});
+   * otherwise, or when no more close-refusals may wait, the HTTP status.
+   */
+  private refuseOn(
+    route: UpgradeRoute,
+    head: Buffer,
+    request: IncomingMessage,
+    socket: Duplex,
+    pathname: string,
+    status: number,
+    message: string | object,
+    headers?: Record<string, string | number>,
+  ): void {
+    if (route.config.refuse === 'close' && socket.writable) {
+      const reason = refusalText(status, message, request);
+      const code = refusalCloseCode(status);
+      const protocol = chosenProtocols.get(request) ?? false;
+      chosenProtocols.delete(request);
+      const lines = headers
+        ? headerLines(headers, RESERVED_101, (name, why) =>
+            this.logger.error(
+              `Dropped response header ${name} of the refusal of ${pathname}: ${why}`,
+            ),
+          )
+        : NO_LINES;
+      if (this.closeRefusals.refuse(request, socket, head, code, reason, protocol, lines)) {
+        this.logger.warn(
+          `Refused upgrade of ${pathname} from ${clientIp(request, this.config.trustProxy)}: ${status} ${reason} (close ${code})`,
+        );
+        return;
+      }
+    }
+    this.refuse(request, socket, pathname, status, message, headers);
   }
 
   private refuse(
@@ -345,10 +416,8 @@ export class UpgradePipeline {
       socket.destroy();
       return;
     }
-    const reason =
-      typeof message === 'string' ? message : ((message as { message?: unknown }).message ?? '');
     this.logger.warn(
-      `Refused upgrade of ${pathname} from ${clientIp(request, this.config.trustProxy)}: ${status} ${String(reason)}`,
+      `Refused upgrade of ${pathname} from ${clientIp(request, this.config.trustProxy)}: ${status} ${refusalText(status, message, request)}`,
     );
     refuseUpgrade(socket, status, message, headers, (name, why) =>
       this.logger.error(`Dropped response header ${name} of the refusal of ${pathname}: ${why}`),

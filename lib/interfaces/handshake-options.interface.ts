@@ -32,3 +32,14 @@ export interface RateLimitOptions {
    */
   action?: 'close' | 'drop';
 }
+
+/**
+ * How a refused upgrade is answered (`refuse` option):
+ * - `'http'` (default): an HTTP status and a JSON body, before any 101. Scripts in a browser
+ *   cannot read it: the page gets `onerror` and close 1006, whatever the reason.
+ * - `'close'`: the handshake is completed and closed at once with `4000 + status` (4401,
+ *   4403, 4429, 4503…) and the refusal's message as the close reason, which a page reads in
+ *   `onclose`. Nothing is registered and no `@OnOpen` or `@OnClose` runs. Requests that cannot
+ *   get a 101 (malformed, wrong version, unknown path) keep their HTTP status.
+ */
+export type RefusalMode = 'http' | 'close';

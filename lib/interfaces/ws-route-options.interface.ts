@@ -4,6 +4,7 @@ import type {
   HandshakeGuard,
   OriginPolicy,
   RateLimitOptions,
+  RefusalMode,
 } from './handshake-options.interface.js';
 import type { HeartbeatOptions } from './heartbeat-options.interface.js';
 import type { RecoveryOptions } from '../recovery/recovery-options.js';
@@ -41,6 +42,8 @@ export interface WsRouteOptions {
    * `guards`, before the class's `@UseGuards()`.
    */
   guards?: HandshakeGuard[];
+  /** How this route's refused upgrades are answered; overrides the module's `refuse`. */
+  refuse?: RefusalMode;
   /** Most open connections on this route; more are refused with 503. Default: unlimited. */
   maxConnections?: number;
   /** Message rate limit per connection, or `false` for none; overrides the module's. */

@@ -5,6 +5,7 @@ import type {
   HandshakeGuard,
   OriginPolicy,
   RateLimitOptions,
+  RefusalMode,
 } from './handshake-options.interface.js';
 import type { HeartbeatOptions } from './heartbeat-options.interface.js';
 
@@ -26,6 +27,14 @@ export interface WsRoutesModuleOptions {
   /** Milliseconds `app.close()` waits for clients to answer the 1001 close. Default 5000. */
   shutdownTimeout?: number;
   /**
+   * Milliseconds a shutdown (`app.close()`, or SIGTERM with `enableShutdownHooks()`) keeps
+   * serving before it refuses new upgrades with 503 and closes connections with 1001: the
+   * health indicator (`nestjs-ws-routes/terminus`) reports down from the first moment, so a
+   * load balancer stops sending clients here while those already here are still served.
+   * Default 0: refuse and close at once.
+   */
+  drainDelay?: number;
+  /**
    * Where broadcasts travel. Default: in memory (this process only). Pass a Redis transport
    * to reach the connections of every instance.
    */
@@ -39,6 +48,12 @@ export interface WsRoutesModuleOptions {
   userId?: UserIdOf;
   /** Browser origins allowed to connect. Default: same origin only. */
   origins?: OriginPolicy;
+  /**
+   * How refused upgrades are answered: `'http'` (default), a status a browser page cannot
+   * read, or `'close'`, a 101 closed at once with `4000 + status` and the reason, which it can.
+   * See {@link RefusalMode} for which refusals stay HTTP either way.
+   */
+  refuse?: RefusalMode;
   /** Guards run at the upgrade of every route, after the origin check. */
   guards?: HandshakeGuard[];
   /** Most open connections of this process; more are refused with 503. Default 10 000. */

@@ -23,8 +23,15 @@ describe('resolveRouteConfig', () => {
       keepUpgradeRequest: false,
       maxConnections: Infinity,
       requireProtocol: false,
+      refuse: 'http',
       closeTimeout: 7,
     });
+  });
+
+  it("answers refusals with HTTP unless the route or the module says 'close'", () => {
+    expect(resolveRouteConfig('/a', {}, { refuse: 'close' }).refuse).toBe('close');
+    expect(resolveRouteConfig('/a', { refuse: 'close' }, {}).refuse).toBe('close');
+    expect(resolveRouteConfig('/a', { refuse: 'http' }, { refuse: 'close' }).refuse).toBe('http');
   });
 
   it('turns the heartbeat and the rate limit off with false, at either level', () => {
@@ -59,6 +66,7 @@ describe('resolveRouteConfig', () => {
     [{ rateLimit: { messages: 0, per: 1000 } }, 'rateLimit'],
     [{ rateLimit: { messages: 10, per: 1000, action: 'ignore' } }, 'rateLimit'],
     [{ slowConsumer: 'wait' }, 'slowConsumer'],
+    [{ refuse: 'drop' }, 'refuse'],
     [{ requireProtocol: true }, 'requireProtocol'],
     [{ perMessageDeflate: 'yes' }, 'perMessageDeflate'],
   ])('refuses %j, naming the route and %s', (route, option) => {
@@ -83,6 +91,7 @@ describe('resolveGatewayConfig', () => {
       trustProxy: false,
       handshakeTimeout: WS_ROUTES_DEFAULTS.handshakeTimeout,
       shutdownTimeout: WS_ROUTES_DEFAULTS.shutdownTimeout,
+      drainDelay: 0,
     });
     expect(resolveGatewayConfig({ handshakeTimeout: 0 }).handshakeTimeout).toBe(0);
   });
@@ -91,6 +100,8 @@ describe('resolveGatewayConfig', () => {
     [{ maxConnections: 0 }, 'maxConnections'],
     [{ maxConnectionsPerIp: -1 }, 'maxConnectionsPerIp'],
     [{ handshakeTimeout: -1 }, 'handshakeTimeout'],
+    [{ drainDelay: -1 }, 'drainDelay'],
+    [{ drainDelay: Infinity }, 'drainDelay'],
     [{ trustProxy: 'yes' }, 'trustProxy'],
   ])('refuses %j', (options, option) => {
     expect(() => resolveGatewayConfig(options as never)).toThrow(

@@ -1,7 +1,7 @@
 import type { PerMessageDeflateOptions } from 'ws';
 import { WS_ROUTES_DEFAULTS } from '../ws-routes.constants.js';
 import type { OutboundPolicy } from '../connection/outbound.js';
-import type { RateLimitOptions } from '../interfaces/handshake-options.interface.js';
+import type { RateLimitOptions, RefusalMode } from '../interfaces/handshake-options.interface.js';
 import type { HeartbeatOptions } from '../interfaces/heartbeat-options.interface.js';
 import type { WsRouteOptions } from '../interfaces/ws-route-options.interface.js';
 import type { WsRoutesModuleOptions } from '../interfaces/ws-routes-module-options.interface.js';
@@ -26,6 +26,8 @@ export interface RouteConfig {
   /** Open connections on this route (`Infinity`: only the process limit applies). */
   maxConnections: number;
   requireProtocol: boolean;
+  /** How a refused upgrade of this route is answered: an HTTP status, or a 101 and a close. */
+  refuse: RefusalMode;
   /** How long `@OnClose` waits for the messages accepted before the close: `shutdownTimeout`. */
   closeTimeout: number;
   /** `undefined`: broadcasts are not kept for replay on this route. */
@@ -40,6 +42,8 @@ export interface GatewayConfig {
   /** `0`: neither the slowloris watch nor the guard timer runs. */
   handshakeTimeout: number;
   shutdownTimeout: number;
+  /** How long a shutdown serves on, reporting down, before it refuses and closes. */
+  drainDelay: number;
 }
 
 /**
@@ -110,6 +114,12 @@ export function resolveRouteConfig(
     ),
     maxConnections,
     requireProtocol,
+    refuse: check.oneOf(
+      'refuse',
+      route.refuse ?? module.refuse,
+      ['http', 'close'] as const,
+      WS_ROUTES_DEFAULTS.refuse,
+    ),
     closeTimeout,
     recovery: check.recovery(route.recovery),
   };
@@ -125,14 +135,22 @@ export function resolveGatewayConfig(module: WsRoutesModuleOptions): GatewayConf
   ) {
     check.fail('trustProxy', 'must be a boolean or a number of proxy hops', trustProxy);
   }
+  const drainDelay = check.size('drainDelay', module.drainDelay, 0);
+  // A timer longer than this fires at once (Node clamps it to 1 ms).
+  if (drainDelay > MAX_TIMER)
+    check.fail('drainDelay', `must be at most ${MAX_TIMER} ms`, drainDelay);
   return {
     maxConnections: check.size('maxConnections', module.maxConnections, 1),
     maxConnectionsPerIp: check.size('maxConnectionsPerIp', module.maxConnectionsPerIp, 1),
     trustProxy,
     handshakeTimeout: check.size('handshakeTimeout', module.handshakeTimeout, 0),
     shutdownTimeout: check.size('shutdownTimeout', module.shutdownTimeout, 0),
+    drainDelay,
   };
 }
+
+/** The longest delay `setTimeout` keeps (2^31 - 1 ms, about 24.8 days). */
+const MAX_TIMER = 2 ** 31 - 1;
 
 /** Checks of one route's (or the module's) options; every failure names `owner` and the option. */
 class OptionCheck {

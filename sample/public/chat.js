@@ -19,22 +19,21 @@ function join(name, room) {
 
   const ws = new WebSocket(url, [PROTOCOL]);
   socket = ws;
-  let opened = false;
+  // In only once the server's welcome arrived: a refusal (refuse: 'close') opens, then closes.
+  let joined = false;
   notice(`joining ${room} as ${name}…`);
-  ws.onopen = () => {
-    opened = true;
-    $('current-room').textContent = room;
-    showStatus();
-  };
-  ws.onmessage = (event) => receive(JSON.parse(event.data));
-  ws.onerror = () => {
-    // No details on purpose (the spec hides them); what matters is whether it ever opened.
-    if (!opened) notice('refused: the server did not accept the handshake (is the name valid?)');
+  ws.onmessage = (event) => {
+    const message = JSON.parse(event.data);
+    if (message.event === 'welcome') {
+      joined = true;
+      $('current-room').textContent = room;
+    }
+    receive(message);
   };
   ws.onclose = (event) => {
     const reason = event.reason ? ` ${event.reason}` : '';
     $('last-close').textContent = `${event.code}${reason}${event.wasClean ? '' : ' (not clean)'}`;
-    if (opened) notice(`left ${room}: ${event.code}${reason}`);
+    notice(joined ? `left ${room}: ${event.code}${reason}` : whyNotIn(event));
     if (socket === ws) {
       $('current-room').textContent = '–';
       $('members').textContent = '–';
@@ -42,6 +41,20 @@ function join(name, room) {
     showStatus();
   };
   showStatus();
+}
+
+/**
+ * Why a join failed, from the close code: the route refuses with 4000 + the HTTP status and
+ * the reason; 1006 before any welcome is all a page gets from a server that is down (or from
+ * an HTTP refusal, whose status scripts cannot read).
+ */
+function whyNotIn({ code, reason }) {
+  if (code === 4401) return `log in again: ${reason}`;
+  if (code === 4503 || code === 1001 || code === 1013)
+    return `server busy or going down, try again later: ${reason}`;
+  if (code >= 4400 && code < 4500) return `refused (${code}): ${reason}`;
+  if (code >= 4500 && code < 4600) return `server error (${code}): ${reason}`;
+  return `could not reach the server (${code}): is it down?`;
 }
 
 function leave() {

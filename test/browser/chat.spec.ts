@@ -11,11 +11,12 @@ import {
   waitForText,
   type BrowserTestApp,
 } from '../utils/browser.js';
-import { refusedUpgrade } from '../utils/ws-client.js';
+import { refusedWithClose } from '../utils/ws-client.js';
 
 /**
  * The chat of `sample/` in real pages: rooms, the chat.v1 subprotocol, join and leave notices,
- * lines that go to everyone else in the room, and the handshake guard that wants a name.
+ * lines that go to everyone else in the room, and the handshake guard that wants a name, whose
+ * refusals the page reads (`refuse: 'close'`).
  */
 
 /** The chat page of `name` in `room`, once it is in. */
@@ -45,6 +46,8 @@ async function lines(page: Page): Promise<string[]> {
 describeWithChromium('the chat sample in Chromium', () => {
   let browser: TestBrowser;
   let t: BrowserTestApp;
+  /** The test closed the app itself. */
+  let closed = false;
   beforeAll(async () => {
     browser = await TestBrowser.launch();
   });
@@ -53,12 +56,13 @@ describeWithChromium('the chat sample in Chromium', () => {
   });
   afterEach(async () => {
     await browser.closePages();
-    await t?.app.close();
+    if (!closed) await t?.app.close();
     expect(browser.pageErrors).toEqual([]);
   });
 
   describe.each(['express', 'fastify'] as const)('on %s', (platform: SamplePlatform) => {
     beforeEach(async () => {
+      closed = false;
       t = await startBrowserApp((options) => createSampleApp(platform, options));
     });
 
@@ -106,29 +110,43 @@ describeWithChromium('the chat sample in Chromium', () => {
       await saveScreenshot(alice, `chat-${platform}.png`);
     });
 
-    it('is refused at the handshake without a name: onerror, then onclose 1006', async () => {
+    it('tells "log in again" from "server down": close 4401 with the reason, then 1006', async () => {
       const page = await browser.newPage(t.http('/chat?name=&room=lobby'));
-      await waitForLine(page, 'refused: the server did not accept the handshake');
-      await waitForText(page, '#last-close', '1006 (not clean)');
+      await waitForLine(page, 'log in again: Join with a name: ?name=…');
+      await waitForText(page, '#last-close', '4401 Join with a name: ?name=…');
       await waitForText(page, '#state', '3 CLOSED');
-      const events = await page.evaluate(async (url) => {
+      // What the page's WebSocket saw: the 101 of the refusal (open), then a clean close.
+      const seen = await page.evaluate(async (url) => {
         const trace = (globalThis as any).track(new WebSocket(url, 'chat.v1'));
         await trace.next('close');
-        return trace.events.map((event: { type: string; code?: number }) =>
-          event.type === 'close' ? `close ${event.code}` : event.type,
+        return trace.events.map((event: { type: string; code?: number; reason?: string }) =>
+          event.type === 'close'
+            ? `close ${event.code} ${event.reason} ${(event as any).wasClean}`
+            : event.type,
         );
       }, t.url('/chat/lobby'));
-      expect(events).toEqual(['error', 'close 1006']);
-      // Nothing was opened on the server.
+      expect(seen).toEqual(['open', 'close 4401 Join with a name: ?name=… true']);
+
+      // A name against the rules is a 400: 4400 and the guard's reason.
+      const badName = await browser.newPage(t.http('/chat?name=%3Cb%3E&room=lobby'));
+      await waitForLine(badName, 'refused (4400): A name is 1 to 24 letters');
+      // Without the subprotocol: 4400 as well; nothing was ever opened on the server.
+      const noProtocol = await refusedWithClose(t.url('/chat/lobby?name=dave'));
+      expect(noProtocol).toMatchObject({ code: 4400, reason: 'No acceptable subprotocol' });
       expect(t.app.get(WsConnectionRegistry).size).toBe(0);
 
-      // What the page cannot see: the guard's 400 and its reason; and the subprotocol is
-      // required as well.
-      const noName = await refusedUpgrade(t.url('/chat/lobby'), { protocols: ['chat.v1'] });
-      expect(noName.status).toBe(400);
-      expect(JSON.parse(noName.body).message).toMatch(/name/);
-      const noProtocol = await refusedUpgrade(t.url('/chat/lobby?name=dave'));
-      expect(noProtocol.status).toBe(400);
+      // A page that is in sees the shutdown; one that joins afterwards finds nobody there.
+      const alice = await join(browser, t, 'alice', 'lobby');
+      closed = true;
+      await t.app.close();
+      await waitForLine(alice, 'left lobby: 1001 Server shutting down');
+      await alice.locator('#join').click();
+      await waitForLine(alice, 'could not reach the server (1006): is it down?');
+      await waitForText(alice, '#last-close', '1006 (not clean)');
+      expect(await lines(page)).toEqual([
+        'joining lobby as …',
+        'log in again: Join with a name: ?name=…',
+      ]);
     });
   });
 });

@@ -122,3 +122,48 @@ export async function eventually(condition: () => boolean, timeout = 3000): Prom
     await delay(10);
   }
 }
+
+/** What a `ws` client saw of an upgrade refused with a close (`refuse: 'close'`). */
+export interface ClosedRefusal {
+  status: number;
+  opened: boolean;
+  protocol: string;
+  headers: Record<string, unknown>;
+  code: number;
+  reason: string;
+  /** A close frame arrived (the code is not 1006). */
+  clean: boolean;
+}
+
+/** Opens `url` and resolves with the 101 and the close that follow; rejects on an HTTP answer. */
+export function refusedWithClose(
+  url: string,
+  options: ClientOptions & { protocols?: string[] } = {},
+): Promise<ClosedRefusal> {
+  return new Promise((resolve, reject) => {
+    const socket = new WebSocket(url, options.protocols, options);
+    let status = 0;
+    let headers: Record<string, unknown> = {};
+    let opened = false;
+    socket.on('upgrade', (response) => {
+      status = response.statusCode ?? 0;
+      headers = response.headers;
+    });
+    socket.on('open', () => (opened = true));
+    socket.on('unexpected-response', (_request, response) =>
+      reject(new Error(`HTTP ${response.statusCode} instead of a 101 and a close`)),
+    );
+    socket.on('error', reject);
+    socket.on('close', (code, reason) =>
+      resolve({
+        status,
+        opened,
+        protocol: socket.protocol,
+        headers,
+        code,
+        reason: reason.toString(),
+        clean: code !== 1006,
+      }),
+    );
+  });
+}
