@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [-- soak | redis]`: the "broadcast at scale" benchmark.
+ * `npm run bench [-- --quick] [-- soak | redis | recovery]`: the "broadcast at scale" benchmark.
  *
  * One run, side by side, on the same load processes: fan-out (paced and burst), connection
  * accept rate, idle memory per connection, echo round trips — for raw `ws` (naive and best
@@ -16,10 +16,11 @@ import { Child, openLog } from './lib/ipc.js';
 import { cpuMonitor, CpuMonitor } from './lib/cpu-monitor.js';
 import { cpuBusy, machineInfo, waitQuiet, type MachineInfo } from './lib/machine.js';
 import { fdLimits, startClients, type ProcessOptions } from './lib/processes.js';
-import { markdown, REFERENCE } from './lib/report.js';
+import { machineLine, markdown, REFERENCE } from './lib/report.js';
 import { combineEcho, runEchoVariant, type EchoVariantResult } from './echo.js';
 import { runFanoutVariant, type FanoutVariantResult } from './fanout.js';
 import { runRedisBench } from './redis.js';
+import { runRecoveryBench } from './recovery.js';
 import { runSoak } from './soak.js';
 
 const RESULTS_DIR = fileURLToPath(new URL('../../bench/results/', import.meta.url));
@@ -261,6 +262,18 @@ async function main(): Promise<void> {
     log(`\nJSON: ${file}\nruntime: ${soak.runtimeS.toFixed(0)} s`);
     processes.log.end();
     process.exitCode = soak.pass ? 0 : 1;
+    return;
+  }
+
+  if (config.mode === 'recovery') {
+    const sizes = config.quick
+      ? { clients: 250, messages: 250, bytes: 200, rounds: 2 }
+      : { clients: 1000, messages: 1000, bytes: 200, rounds: 3 };
+    const recovery = await runRecoveryBench(sizes, log);
+    process.stdout.write(`${machineLine(machine)}\n\n${recovery.report}`);
+    writeFileSync(file, JSON.stringify({ machine, sizes, ...recovery }, null, 2));
+    log(`\nJSON: ${file}`);
+    processes.log.end();
     return;
   }
 

@@ -3,7 +3,7 @@
  * with `--name=value` or `BENCH_NAME=value` (e.g. `--n=2000`, `BENCH_ROUNDS=5`).
  */
 export interface Config {
-  mode: 'bench' | 'soak' | 'redis';
+  mode: 'bench' | 'soak' | 'redis' | 'recovery';
   quick: boolean;
   /** Fan-out, memory and accept-rate connections. */
   n: number;
@@ -186,7 +186,9 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
     ? 'soak'
     : positional.includes('redis')
       ? 'redis'
-      : 'bench';
+      : positional.includes('recovery')
+        ? 'recovery'
+        : 'bench';
   const config: Config = { ...FULL, ...(quick ? QUICK : {}), mode, quick };
   const known = new Set(['quick', ...Object.keys(FULL).map(kebab)]);
   for (const name of flags.keys()) {
@@ -197,7 +199,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
     const raw = flags.get(kebab(key)) ?? env[envName(key)];
     if (raw !== undefined) (config as any)[key] = parseValue(config[key], raw);
   }
-  if (positional.some((arg) => arg !== 'soak' && arg !== 'redis') || positional.length > 1)
+  if (positional.some((a) => !['soak', 'redis', 'recovery'].includes(a)) || positional.length > 1)
     throw new Error(`unknown argument ${positional}`);
   if (mode === 'redis') checkRedisBounds(config);
   return config;
@@ -231,5 +233,5 @@ function checkRedisBounds(config: Config): void {
   if (other.length) throw new Error(`unknown --redis-scenarios ${other}; known: ${scenarios}`);
 }
 
-export const USAGE = `npm run bench [-- [soak | redis] [--quick] [--name=value …]]
+export const USAGE = `npm run bench [-- [soak | redis | recovery] [--quick] [--name=value …]]
   options (or BENCH_NAME=value): ${Object.keys(FULL).map(kebab).join(', ')}`;

@@ -145,6 +145,37 @@ describeRedis('recovery across instances (Redis Streams)', () => {
     }
   });
 
+  it('100 pages drop at different moments and come back at once on both instances: each gapless', async () => {
+    const pages = await Promise.all(Array.from({ length: 100 }, () => open(a, '/storm')));
+    await Promise.all(pages.map((p) => next(p)));
+    const loop = b.request<number>('loop', { route: '/storm', every: 2, duration: 2000 });
+    await delay(200);
+    // Each page reads a different number of frames before it drops: different positions.
+    const lastIds = await Promise.all(
+      pages.map(async (p, i) => {
+        let last: Frame | undefined;
+        for (let k = 0; k <= i % 10; k++) last = await next(p);
+        p.socket.terminate();
+        return last!;
+      }),
+    );
+    await delay(300);
+    const back = await Promise.all(
+      lastIds.map((last, i) => open(i % 2 ? a : b, `/storm?lastEventId=${last.id}`)),
+    );
+    const total = await loop;
+    await Promise.all(
+      back.map(async (p, i) => {
+        const frames = await until(p, 'end', 15_000);
+        expect(frames[0]).toMatchObject({ event: 'recovery', data: { recovered: true } });
+        const seqs = frames.slice(1).map((f) => seqOf(f.id));
+        const from = seqOf(lastIds[i].id);
+        expect(seqs).toEqual(Array.from({ length: seqs.length }, (_, k) => from + k + 1));
+        expect(frames[frames.length - 1].data).toBe(total);
+      }),
+    );
+  });
+
   it('a page that re-joins only room a gets only room a of what it missed', async () => {
     const c = await open(a, '/board?rooms=a,b');
     await next(c);
