@@ -230,21 +230,20 @@ export class BroadcastService implements OnModuleInit, OnApplicationShutdown, Pa
   dispatch(packet: BroadcastPacket, message?: unknown): number {
     // First: a broadcast that a recovery route cannot take throws before anything is sent.
     const byRoute = this.recovery.active ? this.recovery.record(packet, message) : undefined;
-    // Routes with a shared history get it from the history's feed: not from here, not again.
-    // (A volatile broadcast is not kept, so it is delivered like any other, without an id.)
+    // A broadcast that names only routes with a shared history is theirs alone: every
+    // instance's connections of those routes get it from the history's feed.
+    const shared = this.recovery.sharedRoutes;
     if (
-      this.recovery.sharedRoutes.size &&
-      packet.routes?.length &&
+      shared.size &&
       !packet.action &&
-      !packet.volatile
-    ) {
-      const shared = this.recovery.sharedRoutes;
-      const routes = packet.routes.filter((route) => !shared.has(route));
-      if (routes.length !== packet.routes.length) {
-        packet = { ...packet, routes };
-        if (!routes.length && !packet.rooms && !packet.users && !packet.connections) return 0;
-      }
-    }
+      !packet.volatile &&
+      packet.routes?.length &&
+      !packet.rooms?.length &&
+      !packet.users?.length &&
+      !packet.connections?.length &&
+      packet.routes.every((route) => shared.has(route))
+    )
+      return 0;
     packet.serial = this.serial = (this.serial % 0xffffffff) + 1;
     const delivered = this.local.deliver(packet, byRoute);
     try {

@@ -37,7 +37,7 @@ export function createLocalDelivery(
         ? applyAction(registry, packet)
         : byRoute
           ? deliverWithIds(registry, packet, byRoute, recovery!)
-          : deliverMessage(registry, packet, shared?.size && !packet.volatile ? shared : undefined),
+          : deliverMessage(registry, packet, shared?.size ? shared : undefined),
     count: (packet) => {
       let count = 0;
       forEachRecipient(registry, packet, () => count++);
@@ -49,21 +49,46 @@ export function createLocalDelivery(
 function deliverMessage(
   registry: WsConnectionRegistry,
   packet: BroadcastPacket,
-  skipRoutes: ReadonlySet<string> | undefined,
+  shared: ReadonlySet<string> | undefined,
 ): number {
   const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
   const { binary } = packet;
   const volatile = packet.volatile ?? false;
   const except = packet.except?.length ? connectionsOf(registry, packet.except) : undefined;
+  // Connections of routes with a shared history get what was kept for them from its feed.
+  const kept = shared && !volatile ? keptFor(packet, shared) : undefined;
+  const targets =
+    kept && packet.routes
+      ? { ...packet, routes: packet.routes.filter((r) => !shared!.has(r)) }
+      : packet;
   let frame: Buffer | undefined;
   let delivered = 0;
-  for (const conn of recipients(registry, packet)) {
+  for (const conn of recipients(registry, targets)) {
     if (conn.readyState !== OPEN || except?.has(conn)) continue;
-    if (skipRoutes !== undefined && skipRoutes.has(conn.route)) continue;
+    if (
+      kept !== undefined &&
+      shared!.has(conn.route) &&
+      (kept === true || kept.includes(conn.route))
+    )
+      continue;
     frame ??= frameMessage(payload, binary);
     if (conn.deliver(payload, binary, frame, volatile)) delivered++;
   }
   return delivered;
+}
+
+/**
+ * The shared-history routes a broadcast was kept for (`RecoveryHub.record`'s rule): all of them
+ * when it names everyone, a room or a user; else those it names. A broadcast to connections
+ * only is kept for none: those connections get it here, without an id.
+ */
+function keptFor(
+  packet: BroadcastPacket,
+  shared: ReadonlySet<string>,
+): true | string[] | undefined {
+  if (isForEveryone(packet) || packet.rooms?.length || packet.users?.length) return true;
+  const routes = packet.routes?.filter((route) => shared.has(route));
+  return routes?.length ? routes : undefined;
 }
 
 /**

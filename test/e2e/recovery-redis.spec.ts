@@ -211,6 +211,18 @@ describeRedis('recovery across instances (Redis Streams)', () => {
     await expect(back.next(200)).rejects.toThrow(/no message/);
   });
 
+  it('a message to one connection of the route reaches it at once, without an id (not kept)', async () => {
+    const c = await open(a, '/board?announce=me');
+    const frames = await take(c, 2);
+    const position = frames.find((f) => f.event === 'position')!;
+    const me = frames.find((f) => f.event === 'me')!;
+    expect(me).toEqual({ event: 'me', data: expect.any(String) });
+    await b.request('send', { route: '/board', count: 1, event: 'all' });
+    expect(await next(c)).toMatchObject({ event: 'all', data: 1, id: expect.any(String) });
+    await expect(c.next(200)).rejects.toThrow(/no message/);
+    expect(epochOf(position.id)).toBeTruthy();
+  });
+
   it('too_old past the window, history_lost for another epoch, unknown_position for nonsense', async () => {
     const c = await open(a, '/short');
     const position = await next(c);
