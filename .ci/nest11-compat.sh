@@ -10,7 +10,7 @@
 #
 # Environment:
 #   KEEP_SCRATCH=1        keep the scratch directory afterwards (its path is printed)
-#   NEST11_TEST_TIMEOUT   seconds allowed for the test run (default 240); 124 on timeout
+#   NEST11_TEST_TIMEOUT   seconds allowed for the test run (default 600); 124 on timeout
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -77,6 +77,6 @@ fi
 
 log "npm test -- test/e2e"
 status=0
-timeout --kill-after=10 "${NEST11_TEST_TIMEOUT:-240}" npm test -- test/e2e || status=$?
+timeout --kill-after=10 "${NEST11_TEST_TIMEOUT:-600}" npm test -- test/e2e || status=$?
 log "tests finished with exit code $status"
 exit "$status"
