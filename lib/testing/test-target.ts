@@ -1,4 +1,5 @@
 import type { INestApplication } from '@nestjs/common';
+import { ModuleRef } from '@nestjs/core';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WsRoutesGateway } from '../ws-routes.gateway.js';
@@ -9,8 +10,11 @@ import { WsRoutesGateway } from '../ws-routes.gateway.js';
  */
 export type WsTestTarget = INestApplication | string;
 
-/** Applications the kit is making listen, so concurrent clients share one `listen()`. */
-const listening = new WeakMap<INestApplication, Promise<unknown>>();
+/**
+ * The preparation of each application (init, then listen if needed), shared by concurrent
+ * clients: Nest's `init()` is not safe to run twice at once (routes would be added twice).
+ */
+const prepared = new WeakMap<INestApplication, Promise<void>>();
 
 /**
  * The `ws://host:port` the target's routes are served on. An application that is not
@@ -21,22 +25,14 @@ const listening = new WeakMap<INestApplication, Promise<unknown>>();
  */
 export async function resolveBaseUrl(target: WsTestTarget): Promise<string> {
   if (typeof target === 'string') return baseOfUrl(target);
-  await target.init();
-  const gateway = findGateway(target);
-  let address = gateway.address();
-  if (!address) {
-    const server = target.getHttpServer() as Server | undefined;
-    if (!server?.listening) {
-      let started = listening.get(target);
-      if (!started) {
-        started = target.listen(0, '127.0.0.1');
-        listening.set(target, started);
-        started.catch(() => listening.delete(target));
-      }
-      await started;
-    }
-    address = gateway.address();
+  let preparation = prepared.get(target);
+  if (!preparation) {
+    preparation = prepare(target);
+    prepared.set(target, preparation);
+    preparation.catch(() => prepared.delete(target));
   }
+  await preparation;
+  const address = findGateway(target).address();
   if (!address) {
     throw new Error(
       'nestjs-ws-routes/testing: this application serves no WebSocket route (no provider is decorated with @WsRoute())',
@@ -45,9 +41,19 @@ export async function resolveBaseUrl(target: WsTestTarget): Promise<string> {
   return `ws://${connectHost(address)}:${address.port}`;
 }
 
+async function prepare(app: INestApplication): Promise<void> {
+  await app.init();
+  if (findGateway(app).address()) return;
+  const server = app.getHttpServer() as Server | undefined;
+  if (!server?.listening) await app.listen(0, '127.0.0.1');
+}
+
 function findGateway(app: INestApplication): WsRoutesGateway {
+  // Not app.get(WsRoutesGateway): NestFactory's proxy exits the process on an unknown
+  // provider (unless abortOnError is false); a ModuleRef's get() throws as usual.
+  const moduleRef = app.get(ModuleRef);
   try {
-    return app.get(WsRoutesGateway, { strict: false });
+    return moduleRef.get(WsRoutesGateway, { strict: false });
   } catch {
     throw new Error(
       'nestjs-ws-routes/testing: this application does not import WsRoutesModule (no WsRoutesGateway found)',
