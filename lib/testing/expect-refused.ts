@@ -33,7 +33,7 @@ export async function expectRefused(
   status: number,
   options: WsExpectRefusedOptions = {},
 ): Promise<WsRefusal> {
-  const failure = new WsExpectationError();
+  const failure = new WsExpectationError(expectRefused);
   const url = joinUrl(await resolveBaseUrl(target), path);
   const { protocols, timeout = WS_TEST_DEFAULTS.timeout, body, ...clientOptions } = options;
   const head = `expectRefused: expected the upgrade of ${path} to be refused with ${status}`;

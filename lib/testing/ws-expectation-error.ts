@@ -11,9 +11,11 @@ export class WsExpectationError extends Error {
   /** How the connection closed, if it had by then. */
   close: WsCloseEvent | undefined;
 
-  constructor() {
+  /** @internal `above`: the kit's function the test called; the stack starts at its caller. */
+  constructor(above?: Function) {
     super('');
     this.name = 'WsExpectationError';
+    if (above) Error.captureStackTrace(this, above);
   }
 
   /**

@@ -67,7 +67,7 @@ export async function wsTestClient(
   path: string,
   options: WsTestClientOptions = {},
 ): Promise<WsTestClient> {
-  const failure = new WsExpectationError();
+  const failure = new WsExpectationError(wsTestClient);
   const url = joinUrl(await resolveBaseUrl(target), path);
   const { protocols, timeout = WS_TEST_DEFAULTS.timeout, ...clientOptions } = options;
   const socket = new WebSocket(url, protocols, clientOptions);
@@ -194,7 +194,7 @@ export class WsTestClient implements AsyncDisposable {
    * connection closes first.
    */
   expectMessage<T = any>(matcher?: WsMatcher, options?: WsExpectOptions): Promise<T> {
-    const failure = new WsExpectationError();
+    const failure = new WsExpectationError(this.expectMessage);
     return this.take(
       'expectMessage',
       describeMatcher(matcher),
@@ -210,7 +210,7 @@ export class WsTestClient implements AsyncDisposable {
    * data) and resolves with the data.
    */
   expectEvent<T = any>(event: string, matcher?: WsMatcher, options?: WsExpectOptions): Promise<T> {
-    const failure = new WsExpectationError();
+    const failure = new WsExpectationError(this.expectEvent);
     const expected =
       matcher === undefined
         ? `event ${quote(event)}`
@@ -237,7 +237,7 @@ export class WsTestClient implements AsyncDisposable {
    * on a close that no `expectClose` or `close()` accounted for.
    */
   expectNothing(ms: number): Promise<void> {
-    const failure = new WsExpectationError();
+    const failure = new WsExpectationError(this.expectNothing);
     const head = `expectNothing on ${this.path}: expected nothing for ${ms} ms`;
     if (this.queue.length > 0) {
       const frame = this.queue[0];
@@ -297,7 +297,7 @@ export class WsTestClient implements AsyncDisposable {
     reason?: string | RegExp,
     options?: WsExpectOptions,
   ): Promise<WsCloseEvent> {
-    const failure = new WsExpectationError();
+    const failure = new WsExpectationError(this.expectClose);
     const timeout = options?.timeout ?? this.timeout;
     const wanted =
       code === undefined && reason === undefined
@@ -338,7 +338,7 @@ export class WsTestClient implements AsyncDisposable {
    * the call fails.
    */
   async close(code?: number, reason?: string, options?: WsExpectOptions): Promise<WsCloseEvent> {
-    const failure = new WsExpectationError();
+    const failure = new WsExpectationError(this.close);
     const timeout = options?.timeout ?? this.timeout;
     this.closeSeen = true;
     if (this.closeEvent) return this.closeEvent;
@@ -465,9 +465,12 @@ export class WsTestClient implements AsyncDisposable {
       : this.socket.readyState === WebSocket.CLOSING
         ? 'closing'
         : 'not open';
-    throw new WsExpectationError().with(`${method} on ${this.path}: the connection is ${state}`, {
-      close: this.closeEvent,
-    });
+    throw new WsExpectationError(this.send).with(
+      `${method} on ${this.path}: the connection is ${state}`,
+      {
+        close: this.closeEvent,
+      },
+    );
   }
 
   private describeClosed(): string {
