@@ -1,5 +1,6 @@
 import 'reflect-metadata';
-import { Module } from '@nestjs/common';
+import { Module, type INestApplication } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
 import { Observable, of } from 'rxjs';
 import {
   ConnectedSocket,
@@ -14,8 +15,8 @@ import {
   WsRoute,
   WsRoutesModule,
 } from '../../lib/index.js';
-import { startApp, type TestApp } from '../utils/app.js';
-import { delay, eventually, TestClient } from '../utils/ws-client.js';
+import { closeWsTestClients, partial, wsTestClient } from '../../lib/testing/index.js';
+import { delay, eventually } from '../utils/ws-client.js';
 
 @WsRoute('/echo')
 class EchoRoute {
@@ -90,28 +91,29 @@ const teardowns: string[] = [];
 class AppModule {}
 
 describe('messages and replies', () => {
-  let t: TestApp;
+  let app: INestApplication;
   beforeAll(async () => {
-    t = await startApp(AppModule);
+    // Not listening: the testing kit listens on 127.0.0.1 and a free port.
+    app = await NestFactory.create(AppModule, { logger: false });
   });
-  afterAll(() => t.app.close());
+  afterEach(() => closeWsTestClients());
+  afterAll(() => app.close());
 
   it('echoes text as text and binary as binary', async () => {
-    const client = await TestClient.open(t.url('/echo'));
+    const client = await wsTestClient(app, '/echo');
     client.send('hello');
-    expect(await client.next()).toBe('got: hello');
+    await client.expectMessage('got: hello');
     client.send(Buffer.from([0, 255, 7]));
-    const reply = await client.next();
-    expect(Buffer.isBuffer(reply)).toBe(true);
-    expect([...(reply as Buffer)]).toEqual([...Buffer.from('bin:'), 0, 255, 7]);
+    // A Buffer matches a binary frame with exactly these bytes.
+    await client.expectMessage(Buffer.from([...Buffer.from('bin:'), 0, 255, 7]));
     await client.close();
   });
 
   it('passes path params, query and headers, and sends the @OnOpen return value', async () => {
-    const client = await TestClient.open(t.url('/items/42?tag=red'), undefined, {
+    const client = await wsTestClient(app, '/items/42?tag=red', {
       headers: { 'x-test': 'yes' },
     });
-    expect(await client.nextJson()).toEqual({
+    await client.expectMessage({
       id: '42',
       tag: 'red',
       header: 'yes',
@@ -123,8 +125,8 @@ describe('messages and replies', () => {
   });
 
   it('encodes return values by type and keeps reply order across async handlers', async () => {
-    const client = await TestClient.open(t.url('/items/1'));
-    await client.next(); // welcome
+    const client = await wsTestClient(app, '/items/1');
+    await client.expectMessage(); // welcome
     client.emit('promise', 50);
     client.emit('object', { x: [1, 2] });
     client.emit('nothing');
@@ -132,40 +134,40 @@ describe('messages and replies', () => {
     client.emit('bytes');
     client.emit('field', { name: 'ada' });
     client.emit('of');
-    expect(await client.next()).toBe('slept 50');
-    expect(await client.nextJson()).toEqual({ echoed: { x: [1, 2] } });
-    expect(await client.next()).toBe('plain text');
-    expect([...((await client.next()) as Buffer)]).toEqual([1, 2, 3]);
-    expect(await client.next()).toBe('name=ada');
-    expect(await client.nextJson()).toEqual({ a: 1 });
-    expect(await client.silentFor(100)).toBe(true);
+    await client.expectMessage('slept 50');
+    await client.expectMessage({ echoed: { x: [1, 2] } });
+    await client.expectMessage('plain text');
+    await client.expectMessage(new Uint8Array([1, 2, 3]));
+    await client.expectMessage('name=ada');
+    await client.expectMessage({ a: 1 });
+    await client.expectNothing(100);
     await client.close();
   });
 
   it('streams every value of an Observable', async () => {
-    const client = await TestClient.open(t.url('/items/1'));
-    await client.next();
+    const client = await wsTestClient(app, '/items/1');
+    await client.expectMessage();
     client.emit('stream');
-    expect(await client.next()).toBe('one');
-    expect(await client.next()).toBe('two');
+    await client.expectMessage('one');
+    await client.expectMessage('two');
     await client.close();
   });
 
   it('unsubscribes a reply stream when the connection closes', async () => {
-    const client = await TestClient.open(t.url('/items/1'));
-    await client.next();
+    const client = await wsTestClient(app, '/items/1');
+    await client.expectMessage();
     client.emit('ticks');
-    expect(await client.next()).toBe('0');
-    expect(await client.next()).toBe('1');
+    await client.expectMessage('0');
+    await client.expectMessage('1');
     await client.close();
     await eventually(() => teardowns.includes('ticks'));
   });
 
   it('answers a WsException with the Nest 12 exception message and stays open', async () => {
-    const client = await TestClient.open(t.url('/items/1'));
-    await client.next();
+    const client = await wsTestClient(app, '/items/1');
+    await client.expectMessage();
     client.emit('ws-error', 5);
-    expect(await client.nextJson()).toEqual({
+    await client.expectMessage({
       event: 'exception',
       data: {
         status: 'error',
@@ -174,38 +176,40 @@ describe('messages and replies', () => {
       },
     });
     client.emit('text');
-    expect(await client.next()).toBe('plain text');
+    await client.expectMessage('plain text');
     await client.close();
   });
 
   it('answers an unexpected error generically, without stack, and other clients are unaffected', async () => {
-    const other = await TestClient.open(t.url('/echo'));
-    const client = await TestClient.open(t.url('/items/1'));
-    await client.next();
+    const other = await wsTestClient(app, '/echo');
+    const client = await wsTestClient(app, '/items/1');
+    await client.expectMessage();
     client.emit('bug');
-    const raw = (await client.next()) as string;
-    expect(JSON.parse(raw)).toEqual({
-      event: 'exception',
-      data: { status: 'error', message: 'Internal server error', cause: { pattern: 'bug' } },
+    await client.expectMessage((reply, frame) => {
+      expect(reply).toEqual({
+        event: 'exception',
+        data: { status: 'error', message: 'Internal server error', cause: { pattern: 'bug' } },
+      });
+      expect(frame.data).not.toContain('secret');
+      expect(frame.data).not.toContain('at ');
+      return true;
     });
-    expect(raw).not.toContain('secret');
-    expect(raw).not.toContain('at ');
     client.emit('text');
-    expect(await client.next()).toBe('plain text');
+    await client.expectMessage('plain text');
     other.send('still here');
-    expect(await other.next()).toBe('got: still here');
+    await other.expectMessage('got: still here');
     await Promise.all([client.close(), other.close()]);
   });
 
   it('answers malformed JSON and unknown events on an event-only route, and stays open', async () => {
-    const client = await TestClient.open(t.url('/items/1'));
-    await client.next();
+    const client = await wsTestClient(app, '/items/1');
+    await client.expectMessage();
     client.send('{not json');
-    expect((await client.nextJson()).data.message).toMatch(/Malformed message/);
+    await client.expectEvent('exception', partial({ message: /Malformed message/ }));
     client.emit('nope');
-    expect((await client.nextJson()).data.message).toBe('Unknown event "nope"');
+    await client.expectEvent('exception', partial({ message: 'Unknown event "nope"' }));
     client.emit('text');
-    expect(await client.next()).toBe('plain text');
+    await client.expectMessage('plain text');
     await client.close();
   });
 });
