@@ -21,7 +21,8 @@ import {
 } from '../../lib/index.js';
 import type { IncomingMessage } from 'node:http';
 import { CapturingLogger, startApp, type TestApp } from '../utils/app.js';
-import { delay, eventually, refusedUpgrade, TestClient } from '../utils/ws-client.js';
+import { closeWsTestClients, expectRefused, wsTestClient } from '../../lib/testing/index.js';
+import { delay, eventually } from '../utils/ws-client.js';
 
 /** What the routes saw, for the test to read. */
 @Injectable()
@@ -192,24 +193,25 @@ describe('connection lifecycle', () => {
     journal = t.app.get(Journal);
     registry = t.app.get(WsConnectionRegistry);
   });
+  afterEach(() => closeWsTestClients());
   afterAll(() => t.app.close());
 
   it('releases the upgrade request after @OnOpen unless the route keeps it; headers, query and params stay', async () => {
     const options = { headers: { 'X-Client': 'probe' } };
-    const released = await TestClient.open(t.url('/info/lobby?q=1&q=2'), undefined, options);
-    expect(await released.next()).toBe('open:/info/lobby?q=1&q=2:true:key');
+    const released = await wsTestClient(t.app, '/info/lobby?q=1&q=2', options);
+    await released.expectMessage('open:/info/lobby?q=1&q=2:true:key');
     released.send('?');
-    expect(await released.nextJson()).toEqual({
+    await released.expectMessage({
       request: 'released',
       client: 'probe',
       key: 'dropped',
       query: { q: ['1', '2'] },
       params: { room: 'lobby' },
     });
-    const kept = await TestClient.open(t.url('/kept/hall'), undefined, options);
-    expect(await kept.next()).toBe('open:/kept/hall:true:key');
+    const kept = await wsTestClient(t.app, '/kept/hall', options);
+    await kept.expectMessage('open:/kept/hall:true:key');
     kept.send('?');
-    expect(await kept.nextJson()).toEqual({
+    await kept.expectMessage({
       request: '/kept/hall',
       client: 'probe',
       key: 'dropped',
@@ -220,14 +222,14 @@ describe('connection lifecycle', () => {
   });
 
   it('handles messages that arrive during an async @OnOpen after it, in order', async () => {
-    const client = await TestClient.open(t.url('/slow-open'));
+    const client = await wsTestClient(t.app, '/slow-open');
     for (let i = 0; i < 5; i++) client.send(`m${i}`);
-    for (let i = 0; i < 5; i++) expect(await client.next()).toBe(`ready:m${i}`);
+    for (let i = 0; i < 5; i++) await client.expectMessage(`ready:m${i}`);
     await client.close();
   });
 
   it('pauses reading a connection with a long backlog and loses nothing, in order', async () => {
-    const client = await TestClient.open(t.url('/gated'));
+    const client = await wsTestClient(t.app, '/gated');
     const total = 3000;
     for (let i = 0; i < total; i++) client.send(String(i));
     await eventually(
@@ -235,27 +237,26 @@ describe('connection lifecycle', () => {
       5000,
     );
     gate.open!();
-    for (let i = 0; i < total; i++) expect(await client.next()).toBe(String(i));
+    for (let i = 0; i < total; i++) await client.expectMessage(String(i));
     expect([...registry.byRoute(GatedRoute)][0].socket.isPaused).toBe(false);
     await client.close();
   });
 
   it('closes with 1011 when @OnOpen throws, logs the error, and runs no message handler', async () => {
-    const client = await TestClient.open(t.url('/broken-open'));
+    const client = await wsTestClient(t.app, '/broken-open');
     client.send('hi');
-    const closed = await client.closed;
-    expect(closed).toEqual({ code: CloseCode.InternalError, reason: 'Internal server error' });
-    expect(client.received).toEqual([]);
+    await client.expectClose(CloseCode.InternalError, 'Internal server error');
+    expect(client.pending).toEqual([]);
     expect(logger.text('error')).toContain('database is down');
   });
 
   it('closes with 1008 and the message when @OnOpen throws a WsException', async () => {
-    const client = await TestClient.open(t.url('/broken-open?kind=ws'));
-    expect(await client.closed).toEqual({ code: CloseCode.PolicyViolation, reason: 'go away' });
+    const client = await wsTestClient(t.app, '/broken-open?kind=ws');
+    await client.expectClose(CloseCode.PolicyViolation, 'go away');
   });
 
   it('carries close codes and reasons from client to @OnClose', async () => {
-    const client = await TestClient.open(t.url('/closing'));
+    const client = await wsTestClient(t.app, '/closing');
     await eventually(() => registry.byRoute(ClosingRoute).size === 1);
     await client.close(4001, 'bye');
     await eventually(() => journal.closes.some((entry) => entry.code === 4001));
@@ -269,17 +270,17 @@ describe('connection lifecycle', () => {
   });
 
   it('carries close codes and reasons from conn.close() to the client', async () => {
-    const client = await TestClient.open(t.url('/closing'));
+    const client = await wsTestClient(t.app, '/closing');
     client.emit('kick');
-    expect(await client.closed).toEqual({ code: 4000, reason: 'kick' });
+    await client.expectClose(4000, 'kick');
     await eventually(() => journal.closes.some((entry) => entry.code === 4000));
   });
 
   it('closes an oversized message with 1009, tells @OnError, and keeps serving others', async () => {
-    const other = await TestClient.open(t.url('/small'));
-    const client = await TestClient.open(t.url('/small'));
+    const other = await wsTestClient(t.app, '/small');
+    const client = await wsTestClient(t.app, '/small');
     client.send('x'.repeat(17));
-    expect((await client.closed).code).toBe(CloseCode.MessageTooBig);
+    await client.expectClose(CloseCode.MessageTooBig);
     await eventually(() =>
       journal.errors.some((line) => line.startsWith('/small: Max payload size exceeded')),
     );
@@ -287,23 +288,23 @@ describe('connection lifecycle', () => {
     await eventually(() => journal.closes.some((entry) => entry.route === 'small'));
     expect(journal.closes.find((entry) => entry.route === 'small')?.code).toBe(1009);
     other.send('0123456789abcdef');
-    expect(await other.next()).toBe('0123456789abcdef');
+    await other.expectMessage('0123456789abcdef');
     await other.close();
   });
 
   it('closes with 1003 when a route takes no messages', async () => {
-    const client = await TestClient.open(t.url('/push-only'));
-    expect(await client.next()).toBe('hello');
+    const client = await wsTestClient(t.app, '/push-only');
+    await client.expectMessage('hello');
     client.send('anything');
-    expect((await client.closed).code).toBe(CloseCode.UnsupportedData);
+    await client.expectClose(CloseCode.UnsupportedData);
   });
 
   it('terminates a peer that stops answering pings and runs @OnClose; healthy peers stay', async () => {
-    const healthy = await TestClient.open(t.url('/beat'));
-    const silent = await TestClient.open(t.url('/beat'), undefined, { autoPong: false });
-    const unbeaten = await TestClient.open(t.url('/no-beat'), undefined, { autoPong: false });
-    const closed = await silent.closed;
-    expect(closed.code).toBe(CloseCode.Abnormal);
+    const healthy = await wsTestClient(t.app, '/beat');
+    const silent = await wsTestClient(t.app, '/beat', { autoPong: false });
+    const unbeaten = await wsTestClient(t.app, '/no-beat', { autoPong: false });
+    // A ping every 150 ms, 100 ms to answer: generous, for a loaded machine.
+    await silent.expectClose(CloseCode.Abnormal, undefined, { timeout: 10_000 });
     await eventually(() => journal.closes.some((entry) => entry.route === 'beat'));
     expect(journal.closes.find((entry) => entry.route === 'beat')).toMatchObject({
       code: 1006,
@@ -312,25 +313,21 @@ describe('connection lifecycle', () => {
     await delay(400);
     expect(journal.pongs.length).toBeGreaterThanOrEqual(2);
     healthy.send('alive');
-    expect(await healthy.next()).toBe('alive');
+    await healthy.expectMessage('alive');
     healthy.socket.ping('are you there');
     await eventually(() => journal.pings.includes('are you there'));
     unbeaten.send('alive');
-    expect(await unbeaten.next()).toBe('alive');
+    await unbeaten.expectMessage('alive');
     await Promise.all([healthy.close(), unbeaten.close()]);
   });
 
   it('leaves no connection or room behind after many connects and disconnects', async () => {
     for (let round = 0; round < 10; round++) {
       const clients = await Promise.all(
-        Array.from({ length: 20 }, () => TestClient.open(t.url('/no-beat'))),
+        Array.from({ length: 20 }, () => wsTestClient(t.app, '/no-beat')),
       );
       for (const conn of registry.byRoute(NoBeatRoute)) conn.join('room-a', `room-${round}`);
-      await Promise.all(
-        clients.map((client, i) =>
-          i % 2 ? client.close() : (client.socket.terminate(), client.closed),
-        ),
-      );
+      await Promise.all(clients.map((client, i) => (i % 2 ? client.close() : client.terminate())));
     }
     await eventually(() => registry.size === 0);
     expect(registry.roomCount).toBe(0);
@@ -342,7 +339,7 @@ describe('shutdown', () => {
   it('refuses new upgrades with 503, closes clients with 1001, runs @OnClose, and finishes within shutdownTimeout', async () => {
     const t = await startApp(AppModule);
     const journal = t.app.get(Journal);
-    const polite = await TestClient.open(t.url('/closing'));
+    const polite = await wsTestClient(t.app, '/closing');
     const stubborn = await rawUpgrade(t.port, '/closing');
     // A connection that never sends a request (browsers open spare ones) must not hold the
     // HTTP server's close until the 10 s handshake timeout.
@@ -353,12 +350,8 @@ describe('shutdown', () => {
 
     const started = Date.now();
     const closing = t.app.close();
-    expect(await polite.closed).toEqual({
-      code: CloseCode.GoingAway,
-      reason: 'Server shutting down',
-    });
-    const refused = await refusedUpgrade(t.url('/closing'));
-    expect(refused.status).toBe(503);
+    await polite.expectClose(CloseCode.GoingAway, 'Server shutting down');
+    await expectRefused(t.app, '/closing', 503);
     await closing;
     const elapsed = Date.now() - started;
     expect(elapsed).toBeGreaterThanOrEqual(450);
