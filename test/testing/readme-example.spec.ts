@@ -1,5 +1,8 @@
-// The README's "Testing" example, as it is printed there (from the imports on): keep both in step.
+// The README's "Testing" example: the code between the markers is printed there, with the
+// package's import paths (the last test below checks that both say the same).
 import 'reflect-metadata';
+import { readFileSync } from 'node:fs';
+// README:begin
 import {
   Injectable,
   Module,
@@ -90,5 +93,23 @@ describe('RoomRoute', () => {
     await bob.expectEvent('said', { from: 'ada', text: 'hello' });
     await ada.expectNothing(100); // not back to the sender
     await eve.expectNothing(100); // not to another room
+  });
+});
+// README:end
+
+describe('the README', () => {
+  it('prints this example as it is here', () => {
+    const source = readFileSync(new URL(import.meta.url), 'utf8');
+    const example = source
+      .slice(source.indexOf('// README:begin\n') + 16, source.indexOf('// README:end'))
+      .replace("'../../lib/index.js'", "'nestjs-ws-routes'")
+      .replace("'../../lib/testing/index.js'", "'nestjs-ws-routes/testing'");
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const section = readme.slice(readme.indexOf('## Testing'));
+    const block = section.slice(
+      section.indexOf('```ts\n') + 6,
+      section.indexOf('```\n', section.indexOf('```ts\n') + 6),
+    );
+    expect(block).toBe(example);
   });
 });
