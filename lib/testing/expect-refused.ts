@@ -6,7 +6,11 @@ import { joinUrl, resolveBaseUrl, type WsTestTarget } from './test-target.js';
 import { WS_TEST_DEFAULTS } from './testing.constants.js';
 import { WsExpectationError } from './ws-expectation-error.js';
 import { describeMatcher, mismatch, type WsMatcher } from './ws-matchers.js';
+import { describeClose } from './ws-test-frame.js';
 import type { WsTestClientOptions } from './ws-test-client.js';
+
+/** How long an accepted upgrade is watched for the close of a refusal by close (ms). */
+const CLOSE_AT_ONCE = 200;
 
 /** Options of {@link expectRefused}: how to connect, and what the body must be. */
 export interface WsExpectRefusedOptions extends WsTestClientOptions {
@@ -59,9 +63,26 @@ export async function expectRefused(
       ),
     );
     socket.once('open', () => {
+      clearTimeout(timer);
       const protocol = socket.protocol ? `, protocol ${JSON.stringify(socket.protocol)}` : '';
-      settle(failure.with(`${head}, but it was accepted (101${protocol})`));
-      void closeQuietly(socket, timeout);
+      const accepted = `${head}, but it was accepted (101${protocol})`;
+      // A route with refuse: 'close' completes the handshake and closes at once with 4000 +
+      // status: the failure says so, and how to assert it.
+      const closedAtOnce = (code: number, reason: Buffer) => {
+        clearTimeout(wait);
+        const close = { code, reason: reason.toString() };
+        const hint =
+          code >= 4000 && code < 5000
+            ? `; a refusal by close (refuse: 'close') is asserted with (await wsTestClient(…)).expectClose(${code})`
+            : '';
+        settle(failure.with(`${accepted} and closed at once with ${describeClose(close)}${hint}`));
+      };
+      const wait = setTimeout(() => {
+        socket.off('close', closedAtOnce);
+        settle(failure.with(accepted));
+        void closeQuietly(socket, timeout);
+      }, CLOSE_AT_ONCE);
+      socket.once('close', closedAtOnce);
     });
     socket.once('unexpected-response', (_request: ClientRequest, response: IncomingMessage) => {
       clearTimeout(timer);

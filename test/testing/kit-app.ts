@@ -77,6 +77,15 @@ export class GuardedRoute {
   }
 }
 
+/** The same guard, refusing by close: a 101 closed at once with 4000 + status. */
+@WsRoute('/close-refused', { refuse: 'close' })
+@UseGuards(TokenGuard)
+export class CloseRefusedRoute {
+  @OnOpen() open() {
+    return 'in';
+  }
+}
+
 /** The kit's test application; `options` go to `WsRoutesModule.forRoot()`. */
 @Module({})
 export class KitAppModule {
@@ -84,7 +93,7 @@ export class KitAppModule {
     return {
       module: KitAppModule,
       imports: [WsRoutesModule.forRoot(options)],
-      providers: [EchoRoute, EventsRoute, GuardedRoute, TokenGuard],
+      providers: [EchoRoute, EventsRoute, GuardedRoute, CloseRefusedRoute, TokenGuard],
     };
   }
 }

@@ -84,7 +84,7 @@ describe('the kit under other runners (child processes)', () => {
       '--detectOpenHandles',
       'test/testing/readme-example.spec.ts',
     ]);
-    expect(output).toMatch(/Tests:\s+2 passed, 2 total/);
+    expect(output).toMatch(/Tests:\s+3 passed, 3 total/);
     expect(output).not.toMatch(/open handle/i);
     expect(code).toBe(0);
   }, 120_000);

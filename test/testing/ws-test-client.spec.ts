@@ -479,6 +479,21 @@ describe('expectRefused', () => {
     );
     await eventually(() => registry.size === 0 && openWsTestClients() === 0);
   });
+
+  it('on a route with refuse: close, fails saying the upgrade was closed at once, and how to assert that', async () => {
+    expect((await failureOf(expectRefused(app, '/close-refused', 401))).message).toBe(
+      'expectRefused: expected the upgrade of /close-refused to be refused with 401, but it was accepted (101) ' +
+        'and closed at once with 4401 "Token required"; ' +
+        "a refusal by close (refuse: 'close') is asserted with (await wsTestClient(…)).expectClose(4401)",
+    );
+    const refused = await wsTestClient(app, '/close-refused');
+    await refused.expectClose(4401, 'Token required');
+    expect(refused.pending).toEqual([]);
+    const inside = await wsTestClient(app, '/close-refused?token=secret');
+    await inside.expectMessage('in');
+    await inside.close();
+    expect(openWsTestClients()).toBe(0);
+  });
 });
 
 describe('closing and cleaning up', () => {
