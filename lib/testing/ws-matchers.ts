@@ -151,6 +151,14 @@ export function describeMatcher(matcher: WsMatcher | undefined): string {
   return `JSON ${show(matcher)}`;
 }
 
+/** A matcher of an event's `data` as a failure names it (a string there is a JSON string). */
+export function describeDataMatcher(matcher: WsMatcher): string {
+  if (typeof matcher === 'function') return `${predicateName(matcher)} accepts`;
+  if (matcher instanceof RegExp) return `matching ${matcher}`;
+  if (matcher instanceof PartialMatch) return `like partial(${show(matcher.shape)})`;
+  return show(matcher);
+}
+
 function predicateName(fn: Function): string {
   return fn.name ? `the predicate ${fn.name}()` : 'the predicate';
 }

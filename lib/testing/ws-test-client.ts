@@ -5,7 +5,13 @@ import { describeRefusal, readRefusal } from './refused-upgrade.js';
 import { joinUrl, resolveBaseUrl, type WsTestTarget } from './test-target.js';
 import { WS_TEST_DEFAULTS } from './testing.constants.js';
 import { WsExpectationError } from './ws-expectation-error.js';
-import { describeMatcher, mismatch, mismatchEventData, type WsMatcher } from './ws-matchers.js';
+import {
+  describeDataMatcher,
+  describeMatcher,
+  mismatch,
+  mismatchEventData,
+  type WsMatcher,
+} from './ws-matchers.js';
 import {
   describeClose,
   describeFrame,
@@ -218,7 +224,7 @@ export class WsTestClient implements AsyncDisposable {
     const expected =
       matcher === undefined
         ? `event ${quote(event)}`
-        : `event ${quote(event)} with data ${describeMatcher(matcher).replace(/^JSON /, '')}`;
+        : `event ${quote(event)} with data ${describeDataMatcher(matcher)}`;
     return this.take(
       'expectEvent',
       expected,

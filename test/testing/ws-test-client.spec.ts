@@ -418,6 +418,10 @@ describe('failure messages', () => {
     expect((await failureOf(client.expectEvent('pong', { n: 2 }))).message).toMatch(
       /expected event "pong" with data \{ n: 2 \}, got text .* \(\.data\.n: expected 2, got 1\); the message before it was text "\{\\"event\\":\\"welcome\\"/,
     );
+    client.emit('ping', 'y');
+    expect((await failureOf(client.expectEvent('pong', 'x'))).message).toMatch(
+      /^expectEvent on \/events: expected event "pong" with data 'x', got text .* \(\.data: expected 'x', got 'y'\)/,
+    );
     const echo = await wsTestClient(app, '/echo');
     echo.sendJson([1]);
     expect((await failureOf(echo.expectEvent('x'))).message).toMatch(/\(not an event message\)$/);
