@@ -61,8 +61,8 @@ function findGateway(app: INestApplication): WsRoutesGateway {
   }
 }
 
-/** A server bound to every interface is reached on loopback. */
-function connectHost({ address, family }: AddressInfo): string {
+/** @internal A server bound to every interface is reached on loopback. */
+export function connectHost({ address, family }: AddressInfo): string {
   if (address === '0.0.0.0') return '127.0.0.1';
   if (address === '::') return '[::1]';
   return family === 'IPv6' ? `[${address}]` : address;

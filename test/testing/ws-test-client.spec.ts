@@ -102,6 +102,14 @@ describe('connecting to an application', () => {
     },
   );
 
+  it('connects over IPv6 loopback when the routes listen there', async () => {
+    const app = await createApp('express', { port: 0, host: '::1' });
+    const client = await wsTestClient(app, '/echo');
+    expect(client.url).toMatch(/^ws:\/\/\[::1\]:\d+\/echo$/);
+    client.send('v6');
+    await client.expectMessage('v6');
+  });
+
   it('connects to a base URL (a server that is already running)', async () => {
     const app = await createApp();
     await app.listen(0, '127.0.0.1');
@@ -400,6 +408,16 @@ describe('failure messages', () => {
     await client.close();
   });
 
+  it('waits 2 s by default, and cuts long messages in failures', async () => {
+    const client = await wsTestClient(app, '/echo');
+    expect(client.timeout).toBe(2000);
+    client.send('x'.repeat(1000));
+    const failure = await failureOf(client.expectMessage('y'));
+    expect(failure.message).toContain(`got text "${'x'.repeat(299)}…" (1000 characters)`);
+    expect(failure.message.length).toBeLessThan(500);
+    await client.close();
+  });
+
   it('the stack of a failure points at the line of the test that called the expectation', async () => {
     const client = await wsTestClient(app, '/echo', { timeout: 50 });
     const failure = await failureOf(client.expectMessage('never'));
@@ -545,6 +563,18 @@ describe('closing and cleaning up', () => {
     );
     expect((await client.closed).code).toBe(1006);
     expect(openWsTestClients()).toBe(0);
+    await raw.close();
+  });
+
+  it('expectRefused that gets no answer fails after the timeout and leaves nothing open', async () => {
+    const raw = await rawServer('hang');
+    const failure = await failureOf(
+      expectRefused(`ws://127.0.0.1:${raw.port}`, '/x', 401, { timeout: 150 }),
+    );
+    expect(failure.message).toBe(
+      'expectRefused: expected the upgrade of /x to be refused with 401, but no answer came within 150 ms',
+    );
+    await eventually(() => openWsTestClients() === 0);
     await raw.close();
   });
 
