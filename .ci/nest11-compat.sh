@@ -38,6 +38,7 @@ nest11=(
   '@nestjs/platform-express@^11'
   '@nestjs/platform-fastify@^11'
   '@nestjs/platform-socket.io@^11'
+  '@nestjs/testing@^11'
 )
 
 log "copying $repo_root to $scratch"

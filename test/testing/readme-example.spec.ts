@@ -12,7 +12,7 @@ import {
   type ExecutionContext,
   type INestApplication,
 } from '@nestjs/common';
-import { NestFactory } from '@nestjs/core';
+import { Test } from '@nestjs/testing';
 import {
   BroadcastService,
   ConnectedSocket,
@@ -68,8 +68,9 @@ const as = (token: string) => ({ headers: { authorization: `Bearer ${token}` } }
 describe('RoomRoute', () => {
   let app: INestApplication;
   beforeAll(async () => {
+    const moduleRef = await Test.createTestingModule({ imports: [ChatModule] }).compile();
     // Not listening: the kit listens on 127.0.0.1 and a free port; app.close() closes it.
-    app = await NestFactory.create(ChatModule, { logger: false });
+    app = moduleRef.createNestApplication({ logger: false });
   });
   afterEach(() => closeWsTestClients()); // even when a test failed half-way
   afterAll(() => app.close());
