@@ -9,7 +9,7 @@ export interface HistogramSnapshot {
 }
 
 /**
- * @internal Counts per bucket, kept by us rather than by prom-client: an observation is a few
+ * Counts per bucket, kept by us rather than by prom-client: an observation is a few
  * comparisons and an integer increment, and the registry reads the counts only when scraped.
  * Buckets are not cumulative here (one increment per observation); the snapshot adds them up.
  */

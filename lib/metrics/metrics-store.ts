@@ -7,7 +7,7 @@ import { resolveMetricsConfig, type MetricsConfig } from './metrics-config.js';
 import { countStatus, RouteMetrics } from './route-metrics.js';
 
 /**
- * @internal Where the counts live: one {@link RouteMetrics} per route, made when the gateway
+ * Where the counts live: one {@link RouteMetrics} per route, made when the gateway
  * activates the route, the handshakes no route matched, and the broadcasts' recipients. The
  * places that count hold their route's object (or `undefined`, metrics off) from start-up on;
  * `WsRoutesMetrics` reads everything here when asked.

@@ -1,7 +1,7 @@
 import { FixedHistogram } from './fixed-histogram.js';
 
 /**
- * @internal The counts of one route, made once at start-up and shared by the handshake
+ * The counts of one route, made once at start-up and shared by the handshake
  * pipeline, the route's connections and its executors, which increment the fields directly
  * (`metrics.messagesSent++`): on the per-message path a count is one integer increment, and a
  * route without metrics has `undefined` here and pays one branch.

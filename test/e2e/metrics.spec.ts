@@ -30,7 +30,9 @@ import {
   WsRoutesModule,
   type WsRoutesModuleOptions,
 } from '../../lib/index.js';
-import { startApp, type TestApp } from '../utils/app.js';
+import { RedisBroadcastTransport } from '../../lib/redis/index.js';
+import { CapturingLogger, startApp, type TestApp } from '../utils/app.js';
+import { describeRedis, startRedis, type RedisServer } from '../utils/redis-server.js';
 import { parseExposition, scrape, type Scrape } from '../utils/metrics-scrape.js';
 import { delay, eventually, refusedUpgrade, TestClient } from '../utils/ws-client.js';
 
@@ -479,8 +481,8 @@ describe('metrics', () => {
   });
 });
 
-/** Parses a scrape of `url`, retrying until `check` holds (bounded). */
-export async function scrapeUntil(
+/** Scrapes `url` until `check` holds (every 100 ms, at most `timeout`). */
+async function scrapeUntil(
   url: string,
   check: (s: Scrape) => boolean,
   timeout = 15_000,
@@ -493,3 +495,94 @@ export async function scrapeUntil(
     await delay(100);
   }
 }
+
+describeRedis('metrics of the Redis transport', () => {
+  let redis: RedisServer;
+  const apps: TestApp[] = [];
+  const clients: TestClient[] = [];
+
+  beforeAll(async () => {
+    redis = await startRedis();
+  });
+  afterAll(async () => {
+    for (const client of clients.splice(0)) client.socket.terminate();
+    for (const app of apps.splice(0)) await app.app.close();
+    await redis?.stop();
+  });
+
+  async function instance(): Promise<{ t: TestApp; url: string }> {
+    const registry = new Registry();
+    const transport = new RedisBroadcastTransport({
+      url: redis.url,
+      keyPrefix: 'metrics-e2e',
+      linger: 50,
+      logger: new CapturingLogger(),
+    });
+    @Module({
+      imports: [WsRoutesModule.forRoot({ broadcastTransport: transport, metrics: { registry } })],
+      controllers: [MetricsController],
+      providers: [RoomRoute, { provide: REGISTRY, useValue: registry }],
+    })
+    class RedisMetricsModule {}
+    const t = await startApp(RedisMetricsModule);
+    apps.push(t);
+    return { t, url: t.http('/metrics') };
+  }
+
+  it('ws_transport_up is 1 while Redis is reached and 0 once redis-server is killed; publishes, failures and received frames are counted', async () => {
+    const a = await instance();
+    const b = await instance();
+    const up = (s: Scrape) => s.value('ws_transport_up');
+    const aReady = await scrapeUntil(
+      a.url,
+      (s) => up(s) === 1 && s.value('ws_transport_instances') === 1,
+    );
+    const bReady = await scrapeUntil(
+      b.url,
+      (s) => up(s) === 1 && s.value('ws_transport_instances') === 1,
+    );
+    for (const s of [aReady, bReady]) {
+      expect(s.types.get('ws_transport_up')).toBe('gauge');
+      expect(s.value('ws_transport_publish_failures_total')).toBe(0);
+      expect(s.value('ws_transport_outages_total')).toBe(0);
+    }
+
+    const onB = await TestClient.open(b.t.url('/rooms/9'));
+    clients.push(onB);
+    const receivedBefore = bReady.value('ws_transport_received_total')!;
+    const publishedBefore = aReady.value('ws_transport_published_total')!;
+    expect(a.t.app.get(BroadcastService).send('across')).toBe(0);
+    expect(await onB.next()).toBe('across');
+    const aAfter = await scrape(a.url);
+    const bAfter = await scrape(b.url);
+    // One broadcast to everyone is one frame on the everyone channel.
+    expect(aAfter.value('ws_transport_published_total')).toBe(publishedBefore + 1);
+    expect(bAfter.value('ws_transport_received_total')).toBe(receivedBefore + 1);
+    // B wrote it to its one connection; A had none.
+    expect(bAfter.value('ws_broadcast_recipients_bucket', { le: '1' })).toBe(1);
+    expect(aAfter.value('ws_broadcast_recipients_bucket', { le: '0' })).toBe(1);
+    expect(bAfter.value('ws_messages_sent_total', { route: '/rooms/:id' })).toBe(1);
+
+    await redis.kill();
+    const down = await scrapeUntil(a.url, (s) => up(s) === 0);
+    expect(down.value('ws_transport_outages_total')).toBe(1);
+    expect(a.t.app.get(BroadcastService).send('lost')).toBe(0);
+    const failed = await scrapeUntil(
+      a.url,
+      (s) => s.value('ws_transport_publish_failures_total') === 1,
+    );
+    expect(up(failed)).toBe(0);
+    expect(a.t.app.get(WsRoutesMetrics).snapshot().transport).toEqual({
+      up: false,
+      publishFailures: 1,
+      published: failed.value('ws_transport_published_total'),
+      received: failed.value('ws_transport_received_total'),
+      outages: 1,
+      instances: failed.value('ws_transport_instances'),
+    });
+
+    await redis.restart();
+    await scrapeUntil(a.url, (s) => up(s) === 1, 30_000);
+    await scrapeUntil(b.url, (s) => up(s) === 1, 30_000);
+  }, 90_000);
+});
