@@ -449,6 +449,32 @@ describe('metrics', () => {
     expect(s.value('ws_handler_duration_seconds_count', { route: '/rooms/:id' })).toBe(1);
   });
 
+  it('forRootAsync: the registry comes from a provider of another module', async () => {
+    const registry = new Registry();
+    @Module({ providers: [{ provide: REGISTRY, useValue: registry }], exports: [REGISTRY] })
+    class RegistryModule {}
+    @Module({
+      imports: [
+        RegistryModule,
+        WsRoutesModule.forRootAsync({
+          imports: [RegistryModule],
+          inject: [REGISTRY],
+          useFactory: (injected: Registry) => ({ metrics: { registry: injected } }),
+        }),
+      ],
+      controllers: [MetricsController],
+      providers: [RoomRoute],
+    })
+    class AsyncModule {}
+    t = await startApp(AsyncModule);
+    const client = await open('/rooms/5');
+    client.send({ event: 'echo', data: 'x' });
+    await client.nextJson();
+    const s = await scrape(t.http('/metrics'));
+    expect(s.value('ws_messages_received_total', { route: '/rooms/:id' })).toBe(1);
+    expect(s.value('ws_messages_sent_total', { route: '/rooms/:id' })).toBe(1);
+  });
+
   it('a registry that already has one of the names stops the start with an error naming it', async () => {
     const registry = new Registry();
     const first = await startApp(appModule({ registry }, registry));
