@@ -81,6 +81,10 @@ class TickerRoute {}
 @WsRoute('/private', { guards: [new DenyGuard()] })
 class PrivateRoute {}
 
+/** Refusals a page can read: a 101 closed at once with 4000 + status. */
+@WsRoute('/members', { guards: [new DenyGuard()], refuse: 'close' })
+class MembersRoute {}
+
 const REGISTRY = Symbol('registry');
 
 /** `/metrics` as an application serves it to Prometheus. */
@@ -447,6 +451,27 @@ describe('metrics', () => {
     expect(s.types.get('ws_messages_received')).toBe('counter');
     expect(s.value('ws_messages_received_total', { route: '/rooms/:id' })).toBe(1);
     expect(s.value('ws_handler_duration_seconds_count', { route: '/rooms/:id' })).toBe(1);
+  });
+
+  it("refuse: 'close' counts the refusal's status, not the 101 that carries it", async () => {
+    const registry = new Registry();
+    @Module({
+      imports: [WsRoutesModule.forRoot({ metrics: { registry } })],
+      controllers: [MetricsController],
+      providers: [MembersRoute, { provide: REGISTRY, useValue: registry }],
+    })
+    class RefuseCloseModule {}
+    t = await startApp(RefuseCloseModule);
+    for (let i = 0; i < 2; i++) {
+      const refused = await open('/members');
+      expect((await refused.closed).code).toBe(4403);
+    }
+    const s = await scrape(t.http('/metrics'));
+    expect(s.samples('ws_handshakes_total')).toEqual([
+      { labels: { route: '/members', status: '101' }, value: 0 },
+      { labels: { route: '/members', status: '403' }, value: 2 },
+    ]);
+    expect(s.value('ws_connections_open', { route: '/members' })).toBe(0);
   });
 
   it('forRootAsync: the registry comes from a provider of another module', async () => {
