@@ -1,6 +1,6 @@
 /**
  * One server variant in its own process: `node --expose-gc server.js <variant> [--enhanced]
- * [--soak] [--heartbeat]`. It listens on 127.0.0.1:0, reports `{ event: 'ready', port, … }`,
+ * [--metrics] [--soak] [--heartbeat]`. It listens on 127.0.0.1:0, reports `{ event: 'ready', port, … }`,
  * then answers the orchestrator:
  *
  * - `stats { gc }` → CPU time (`process.cpuUsage()`), memory (after two full GCs when `gc`),
@@ -47,6 +47,7 @@ async function main(): Promise<void> {
   const [variant, ...flags] = process.argv.slice(2);
   const args: ServerArgs = {
     enhanced: flags.includes('--enhanced'),
+    metrics: flags.includes('--metrics'),
     soak: flags.includes('--soak'),
     heartbeat: flags.includes('--heartbeat'),
   };

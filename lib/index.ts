@@ -23,6 +23,10 @@ export type { WsRoutesModuleOptions } from './interfaces/ws-routes-module-option
 export type { WsRouteOptions } from './interfaces/ws-route-options.interface.js';
 export type { HeartbeatOptions } from './interfaces/heartbeat-options.interface.js';
 export type {
+  MetricsRegistry,
+  WsRoutesMetricsOptions,
+} from './interfaces/metrics-options.interface.js';
+export type {
   HandshakeGuard,
   OriginPolicy,
   RateLimitOptions,
@@ -82,6 +86,7 @@ export type {
   MembershipKind,
   RemoteCount,
   TransportBinding,
+  TransportStats,
 } from './broadcast/broadcast-transport.interface.js';
 export {
   decodeFrame,
@@ -95,3 +100,13 @@ export {
   type ControlMessage,
 } from './broadcast/wire-format.js';
 export { MemoryBroadcastTransport } from './broadcast/memory-broadcast.transport.js';
+
+// Metrics
+export { WsRoutesMetrics } from './metrics/ws-routes-metrics.js';
+export { METRICS_DEFAULTS } from './metrics/metrics-config.js';
+export type {
+  HistogramSnapshot,
+  TransportMetricsSnapshot,
+  WsRouteMetricsSnapshot,
+  WsRoutesMetricsSnapshot,
+} from './metrics/metrics-snapshot.interface.js';

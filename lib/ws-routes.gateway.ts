@@ -35,6 +35,7 @@ import { WsConnection } from './connection/ws-connection.js';
 import { RateLimiter } from './connection/rate-limiter.js';
 import { WsConnectionRegistry } from './connection/ws-connection-registry.js';
 import { RecoveryHub } from './recovery/recovery-hub.js';
+import { MetricsStore } from './metrics/metrics-store.js';
 import { Heartbeat } from './connection/heartbeat.js';
 import { RouteDispatcher } from './handlers/route-dispatcher.js';
 import { WsHandlerFactory } from './handlers/ws-handler-factory.js';
@@ -100,6 +101,7 @@ export class WsRoutesGateway
     private readonly httpAdapterHost: HttpAdapterHost,
     private readonly moduleRef: ModuleRef,
     private readonly recovery: RecoveryHub,
+    private readonly metrics: MetricsStore,
   ) {
     this.config = resolveGatewayConfig(options);
     this.pipeline = new UpgradePipeline(
@@ -107,6 +109,7 @@ export class WsRoutesGateway
       registry,
       this.logger,
       () => this.phase === 'closing',
+      metrics.enabled ? metrics.unmatchedHandshake : undefined,
     );
   }
 
@@ -151,7 +154,7 @@ export class WsRoutesGateway
       return;
     }
     this.server = this.resolveServer();
-    UpgradeHub.of(this.server).add(this.pipeline.handle);
+    UpgradeHub.of(this.server).add(this.pipeline.handle, this.pipeline.countUnmatched);
     if (this.config.handshakeTimeout > 0)
       this.handshakeWatch = watchHandshakes(this.server, this.config.handshakeTimeout);
     if (this.server.listenerCount('upgrade') > 1) {
@@ -202,6 +205,7 @@ export class WsRoutesGateway
     const config = resolveRouteConfig(pattern, routeOptions, this.options);
     const selectProtocol = createProtocolSelector(routeOptions);
     const handlers = this.handlerFactory.createRouteHandlers(definition);
+    const metrics = this.metrics.forRoute(pattern);
     const heartbeat = config.heartbeat
       ? new Heartbeat(config.heartbeat, () => this.registry.byRoute(pattern))
       : undefined;
@@ -219,6 +223,7 @@ export class WsRoutesGateway
         inbound: config.inbound,
         closeTimeout: config.closeTimeout,
         recovery: config.recovery ? this.recovery : undefined,
+        metrics,
       },
     );
     if (config.recovery)
@@ -238,7 +243,14 @@ export class WsRoutesGateway
       selectProtocol,
       checkGuards: createGuardChain(guards, routeClass, definition.instance.constructor),
       checkClassGuards: handlers.handshake,
-      shared: { pattern, rooms: this.registry, events: dispatcher, outbound: config.outbound },
+      metrics,
+      shared: {
+        pattern,
+        rooms: this.registry,
+        events: dispatcher,
+        outbound: config.outbound,
+        metrics,
+      },
     };
   }
 

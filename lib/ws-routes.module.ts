@@ -5,6 +5,8 @@ import { MemoryBroadcastTransport } from './broadcast/memory-broadcast.transport
 import { WsConnectionRegistry } from './connection/ws-connection-registry.js';
 import { RecoveryHub } from './recovery/recovery-hub.js';
 import { WsHandlerFactory } from './handlers/ws-handler-factory.js';
+import { MetricsStore } from './metrics/metrics-store.js';
+import { WsRoutesMetrics } from './metrics/ws-routes-metrics.js';
 import type { WsRoutesModuleOptions } from './interfaces/ws-routes-module-options.interface.js';
 import { WsRouteExplorer } from './routing/ws-route-explorer.js';
 import { WsRoutesGateway } from './ws-routes.gateway.js';
@@ -18,7 +20,7 @@ import {
  * Serves every `@WsRoute` class of the application. Import it once, in the root module:
  * `WsRoutesModule.forRoot({ ... })` or `WsRoutesModule.forRootAsync({ imports, inject,
  * useFactory })`. It is global and exports {@link BroadcastService},
- * {@link WsConnectionRegistry} and {@link WsRoutesGateway}.
+ * {@link WsConnectionRegistry}, {@link WsRoutesGateway} and {@link WsRoutesMetrics}.
  */
 @Module({
   imports: [DiscoveryModule],
@@ -29,6 +31,8 @@ import {
     WsRoutesGateway,
     BroadcastService,
     RecoveryHub,
+    MetricsStore,
+    WsRoutesMetrics,
     {
       provide: BROADCAST_TRANSPORT,
       useFactory: (options: WsRoutesModuleOptions) =>
@@ -36,7 +40,7 @@ import {
       inject: [WS_ROUTES_OPTIONS],
     },
   ],
-  exports: [BroadcastService, WsConnectionRegistry, WsRoutesGateway],
+  exports: [BroadcastService, WsConnectionRegistry, WsRoutesGateway, WsRoutesMetrics],
 })
 export class WsRoutesModule extends WsRoutesConfigurableModule {
   /** Serves the routes with these options; every option is optional. */

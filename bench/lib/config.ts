@@ -75,7 +75,15 @@ export interface Config {
   redisDeadlineMs: number;
 }
 
-export const FANOUT_VARIANTS = ['ws-naive', 'ws-best', 'nest-gateway', 'socketio', 'uws', 'ours'];
+export const FANOUT_VARIANTS = [
+  'ws-naive',
+  'ws-best',
+  'nest-gateway',
+  'socketio',
+  'uws',
+  'ours',
+  'ours-metrics',
+];
 export const ECHO_VARIANTS = [
   'ws-best',
   'nest-gateway',
@@ -83,6 +91,7 @@ export const ECHO_VARIANTS = [
   'socketio',
   'uws',
   'ours',
+  'ours-metrics',
   'ours-enhanced',
 ];
 

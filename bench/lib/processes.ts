@@ -26,14 +26,18 @@ export interface ServerHandle {
   url: string;
 }
 
-/** Variants with `-enhanced` run the base variant with one guard, pipe and interceptor. */
+/**
+ * Variants with `-enhanced` run the base variant with one guard, pipe and interceptor; with
+ * `-metrics`, with metrics on.
+ */
 export async function startServer(
   variant: string,
   options: ProcessOptions,
   extraFlags: string[] = [],
 ): Promise<ServerHandle> {
-  const base = variant.replace(/-enhanced$/, '');
-  const flags = variant.endsWith('-enhanced') ? ['--enhanced', ...extraFlags] : extraFlags;
+  const suffix = /-(enhanced|metrics)$/.exec(variant);
+  const base = suffix ? variant.slice(0, suffix.index) : variant;
+  const flags = suffix ? [`--${suffix[1]}`, ...extraFlags] : extraFlags;
   const child = Child.start(SERVER_SCRIPT, {
     name: `server:${variant}`,
     args: [base, ...flags],

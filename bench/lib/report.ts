@@ -19,6 +19,8 @@ export const VARIANT_NOTES: Record<string, string> = {
     '`@WebSocketGateway` on `@nestjs/platform-socket.io` (`IoAdapter`), WebSocket transport only, socket.io-client load; broadcast `server.emit("tick", obj)`; echo `@SubscribeMessage` returning `{ event, data }`',
   uws: 'uWebSockets.js: every socket subscribes to one topic, broadcast `app.publish`; echo parse + `ws.send`',
   ours: 'nestjs-ws-routes from lib/: `@WsRoute("/bench")`, broadcast `broadcast.toRoute(Route).send(obj)`; echo `@OnMessage("echo")` returning `{ event, data }`; `rateLimit: false`, connection limits 50,000, heartbeat off',
+  'ours-metrics':
+    'ours with `metrics: { registry }` (a prom-client `Registry`, scraped every 5 s): every count and both histograms on',
   'ours-enhanced':
     'ours with one pass-through guard, pipe and interceptor on the echo method (`@UseGuards`/`@UsePipes`/`@UseInterceptors` on the method: per message)',
 };
@@ -139,6 +141,19 @@ export function goals(fanout: FanoutVariantResult[], echo: EchoVariantResult[]):
     rps('ours-enhanced') / rps('nest-gateway-enhanced'),
     '≥ 1.5',
     (x) => x >= 1.5,
+  );
+  add(
+    'metrics on / off, fan-out burst CPU per delivery',
+    (f('ours-metrics')?.burst?.serverCpuUsPerDelivery ?? NaN) /
+      (f('ours')?.burst?.serverCpuUsPerDelivery ?? NaN),
+    '≤ 1.05',
+    (x) => x <= 1.05,
+  );
+  add(
+    'metrics on / off, echo CPU per reply',
+    cpu('ours-metrics') / cpu('ours'),
+    '≤ 1.05',
+    (x) => x <= 1.05,
   );
   const mem = (v: string, key: 'rssPerConnKiB' | 'heapPerConnKiB') => f(v)?.memory?.[key] ?? NaN;
   add(
@@ -309,6 +324,7 @@ export function markdown(
       '',
     );
   }
+  out.push(...metricsCost(fanout, echo));
   const goalList = goals(fanout, echo);
   if (goalList.some((g) => g.pass !== undefined)) {
     out.push('### Goals for ours', '');
@@ -331,4 +347,60 @@ export function markdown(
     if (shown.has(variant)) out.push(`- \`${variant}\`: ${note}`);
   if (notes.length) out.push('', '### Notes from this run', '', ...notes.map((n) => `- ${n}`));
   return out.join('\n') + '\n';
+}
+
+/**
+ * What the metrics cost: ours-metrics against ours, figure by figure (ratio > 1: slower or
+ * dearer with metrics on). Empty unless both ran.
+ */
+function metricsCost(fanout: FanoutVariantResult[], echo: EchoVariantResult[]): string[] {
+  const off = fanout.find((r) => r.variant === 'ours' && r.status === 'ok');
+  const on = fanout.find((r) => r.variant === 'ours-metrics' && r.status === 'ok');
+  const eOff = echo.find((r) => r.variant === 'ours' && r.status === 'ok');
+  const eOn = echo.find((r) => r.variant === 'ours-metrics' && r.status === 'ok');
+  const rows: string[][] = [];
+  const row = (what: string, offValue: number, onValue: number, unit: string) => {
+    if (Number.isFinite(offValue) && Number.isFinite(onValue))
+      rows.push([
+        what,
+        `${fmt(offValue)}${unit}`,
+        `${fmt(onValue)}${unit}`,
+        ratio(onValue, offValue),
+      ]);
+  };
+  if (off && on) {
+    for (const mode of ['burst', 'paced'] as const) {
+      row(
+        `fan-out ${mode} end-to-end`,
+        off[mode]?.endToEndMs ?? NaN,
+        on[mode]?.endToEndMs ?? NaN,
+        ' ms',
+      );
+      row(
+        `fan-out ${mode} server CPU/delivery`,
+        off[mode]?.serverCpuUsPerDelivery ?? NaN,
+        on[mode]?.serverCpuUsPerDelivery ?? NaN,
+        ' µs',
+      );
+    }
+    row(
+      'heap/conn idle',
+      off.memory?.heapPerConnKiB ?? NaN,
+      on.memory?.heapPerConnKiB ?? NaN,
+      ' KiB',
+    );
+  }
+  if (eOff && eOn) {
+    row('echo round trips/s', eOff.roundTripsPerSecond, eOn.roundTripsPerSecond, '');
+    row('echo server CPU/reply', eOff.serverCpuUsPerReply, eOn.serverCpuUsPerReply, ' µs');
+  }
+  if (!rows.length) return [];
+  return [
+    '### Cost of metrics: ours-metrics against ours',
+    '',
+    'The same server with `metrics: { registry }` (prom-client, scraped every 5 s) and without; ratio = on / off.',
+    '',
+    table(['figure', 'metrics off (ours)', 'metrics on (ours-metrics)', 'on / off'], rows),
+    '',
+  ];
 }

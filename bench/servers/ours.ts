@@ -1,7 +1,8 @@
 /**
  * nestjs-ws-routes, this repository's library, as it is in lib/ (compiled next to the bench).
  *
- * Broadcast: `broadcast.toRoute(BenchRoute).send(obj)`. Echo: `@OnMessage('echo')` returning
+ * Broadcast: `broadcast.toRoute(BenchRoute).send(obj)`. With `--metrics` (ours-metrics), every
+ * count on, in a prom-client registry scraped every 5 s. Echo: `@OnMessage('echo')` returning
  * `{ event, data }`, bare or with one guard, one pipe and one interceptor on the method (a
  * class-level `@UseGuards` would run once at the upgrade, not per message). The defaults that
  * would throttle a benchmark are lifted: 256 connections per IP, 100 messages/s per connection.
@@ -13,6 +14,7 @@ import 'reflect-metadata';
 import { Module, UseGuards, UseInterceptors, UsePipes, type Type } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { AddressInfo } from 'node:net';
+import { Registry } from 'prom-client';
 import {
   BroadcastService,
   ConnectedSocket,
@@ -63,13 +65,14 @@ export const BENCH_OPTIONS = {
   heartbeat: false,
 } as const;
 
-function appModule(route: Type, heartbeat: boolean): Type {
+function appModule(route: Type, heartbeat: boolean, registry: Registry | undefined): Type {
   @Module({
     imports: [
       WsRoutesModule.forRoot({
         ...BENCH_OPTIONS,
         // The soak runs with heartbeats, to churn through their bookkeeping too.
         heartbeat: heartbeat ? { interval: 10_000, timeout: 5_000 } : false,
+        metrics: registry ? { registry } : false,
       }),
     ],
     providers: [route],
@@ -81,8 +84,12 @@ function appModule(route: Type, heartbeat: boolean): Type {
 export async function startOurs(args: ServerArgs): Promise<BenchServer> {
   const logger = new CountingLogger();
   const route = args.soak ? SoakRoute : args.enhanced ? EnhancedRoute : BareRoute;
-  const app = await NestFactory.create(appModule(route, args.heartbeat), { logger });
+  // ours-metrics: every count on, read by a scrape every 5 s as a (busy) Prometheus would.
+  const metrics = args.metrics ? new Registry() : undefined;
+  const app = await NestFactory.create(appModule(route, args.heartbeat, metrics), { logger });
   await app.listen(0, '127.0.0.1');
+  const scraper = metrics ? setInterval(() => void metrics.metrics(), 5_000) : undefined;
+  scraper?.unref();
   const broadcast = app.get(BroadcastService);
   const registry = app.get(WsConnectionRegistry);
   let ticker: NodeJS.Timeout | undefined;
@@ -90,13 +97,20 @@ export async function startOurs(args: ServerArgs): Promise<BenchServer> {
     port: (app.getHttpServer().address() as AddressInfo).port,
     path: args.soak ? '/soak' : '/bench',
     client: 'ws',
-    info: { 'nestjs-ws-routes': 'lib/ (this checkout)', ws: packageVersion('ws') },
+    info: {
+      'nestjs-ws-routes': 'lib/ (this checkout)',
+      ws: packageVersion('ws'),
+      ...(metrics ? { metrics: `on, prom-client ${packageVersion('prom-client')}` } : {}),
+    },
     connections: () => registry.size,
     broadcast: (message) => {
       broadcast.toRoute(route).send(message);
     },
     logged: () => logger.counts(),
-    close: () => app.close(),
+    close: () => {
+      clearInterval(scraper);
+      return app.close();
+    },
     soak: {
       start: (options: SoakTickOptions) => {
         let tick = 0;

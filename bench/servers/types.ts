@@ -35,6 +35,8 @@ export interface SoakTickOptions {
 
 export interface ServerArgs {
   enhanced: boolean;
+  /** Our library with `metrics: { registry }` (prom-client), scraped every 5 s. */
+  metrics: boolean;
   soak: boolean;
   heartbeat: boolean;
 }

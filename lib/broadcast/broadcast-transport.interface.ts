@@ -34,6 +34,21 @@ export interface RemoteCount {
 }
 
 /**
+ * Counters a transport keeps since start-up, each optional, read by `WsRoutesMetrics` when
+ * the metrics are scraped (`ws_transport_*`). `RedisBroadcastTransport.stats` has them all.
+ */
+export interface TransportStats {
+  /** Frames published. */
+  readonly published?: number;
+  /** Broadcast frames that arrived from the transport (the echoes of this instance's own included). */
+  readonly received?: number;
+  /** Times the transport lost the other instances. */
+  readonly outages?: number;
+  /** Other instances heard from lately. */
+  readonly instances?: number;
+}
+
+/**
  * Carries broadcasts between the processes that serve the same routes. `BroadcastService`
  * delivers to this instance's connections itself, at once, before the transport sees the
  * packet; the transport only carries it to the other instances, each of which delivers it to
@@ -69,6 +84,8 @@ export interface BroadcastTransport {
   recoveryHistory?(): RecoveryHistory;
   /** Whether the transport currently reaches the other instances (always, if absent). */
   isReady?(): boolean;
+  /** Counters since start-up, for the metrics; read only when they are scraped. */
+  readonly stats?: TransportStats;
   /** Releases connections and subscriptions at shutdown. */
   close?(): void | Promise<void>;
 }

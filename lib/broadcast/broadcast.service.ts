@@ -15,6 +15,7 @@ import type { BroadcastTransport } from './broadcast-transport.interface.js';
 import { createLocalDelivery, type LocalDelivery } from './local-delivery.js';
 import { MemoryBroadcastTransport } from './memory-broadcast.transport.js';
 import { RecoveryHub } from '../recovery/recovery-hub.js';
+import { MetricsStore } from '../metrics/metrics-store.js';
 
 /** Injection token of the {@link BroadcastTransport} in use. */
 export const BROADCAST_TRANSPORT = Symbol('nestjs-ws-routes:broadcast-transport');
@@ -190,13 +191,14 @@ export class BroadcastService implements OnModuleInit, OnApplicationShutdown, Pa
     @Inject(BROADCAST_TRANSPORT) private readonly transport: BroadcastTransport,
     private readonly registry: WsConnectionRegistry,
     private readonly recovery: RecoveryHub,
+    metrics: MetricsStore,
   ) {
     this.instanceId = registry.instanceId;
     this.everyone = new BroadcastOperator(this, {});
     const history = transport.recoveryHistory?.();
     if (history) recovery.useHistory(history, registry);
     else recovery.sharedTransport = !(transport instanceof MemoryBroadcastTransport);
-    this.local = createLocalDelivery(registry, recovery);
+    this.local = metrics.countDeliveries(createLocalDelivery(registry, recovery));
   }
 
   async onModuleInit(): Promise<void> {

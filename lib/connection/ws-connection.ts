@@ -5,6 +5,7 @@ import { CloseCode } from '../ws-routes.constants.js';
 import { encodeMessage } from './encode-message.js';
 import { frameParts, type OutboundPolicy } from './outbound.js';
 import type { RoutesWebSocket, SocketOwner } from './routes-websocket.js';
+import type { RouteMetrics } from '../metrics/route-metrics.js';
 import { truncateCloseReason } from './truncate-utf8.js';
 
 /**
@@ -58,6 +59,8 @@ export interface ConnectionRoute {
   readonly outbound: OutboundPolicy;
   /** Told about outgoing-buffer events: the route's dispatcher. */
   readonly events: OutboundEvents | undefined;
+  /** The route's counts; `undefined` when metrics are off. */
+  readonly metrics?: RouteMetrics | undefined;
 }
 
 /** Query-string values; a repeated key gives an array. */
@@ -329,17 +332,23 @@ export class WsConnection<TData extends object = Record<string, any>> implements
     volatile: boolean,
   ): boolean {
     const socket = this.socket as RoutesWebSocket;
-    const { outbound, events } = this.shared;
+    const { outbound, events, metrics } = this.shared;
     const buffered = socket.bufferedAmount + socket.pendingBytes;
     if (buffered > outbound.lowWatermark) {
       if (volatile) {
         this.droppedMessages++;
+        if (metrics !== undefined) metrics.droppedVolatile++;
         return false;
       }
       if (buffered > outbound.maxBufferedAmount) {
         events?.onOverflow(this, outbound);
-        if (outbound.slowConsumer === 'drop') this.droppedMessages++;
-        else this.close(CloseCode.TryAgainLater, 'Slow consumer');
+        if (outbound.slowConsumer === 'drop') {
+          this.droppedMessages++;
+          if (metrics !== undefined) metrics.droppedSlowConsumer++;
+        } else {
+          if (metrics !== undefined) metrics.slowConsumerCloses++;
+          this.close(CloseCode.TryAgainLater, 'Slow consumer');
+        }
         return false;
       }
     }
@@ -350,17 +359,23 @@ export class WsConnection<TData extends object = Record<string, any>> implements
       buffered + (frame ? frame.length : Buffer.byteLength(payload)) > outbound.lowWatermark
     )
       this.armDrain(outbound.lowWatermark);
+    // The payload's byte length, for the metrics: free for bytes, paid for a string only
+    // where it is not encoded here anyway.
+    let bytes = typeof payload === 'string' ? -1 : payload.length;
     if (socket.takesFrames) {
       if (frame) socket.queueFrame(frame, true);
       else {
-        const parts = frameParts(
-          typeof payload === 'string' ? Buffer.from(payload) : payload,
-          binary,
-        );
+        const data = typeof payload === 'string' ? Buffer.from(payload) : payload;
+        bytes = data.length;
+        const parts = frameParts(data, binary);
         for (let i = 0; i < parts.length; i++) socket.queueFrame(parts[i], false);
       }
     } else {
       socket.sendAfterBatch(payload, binary);
+    }
+    if (metrics !== undefined) {
+      metrics.messagesSent++;
+      metrics.bytesSent += bytes >= 0 ? bytes : Buffer.byteLength(payload);
     }
     return true;
   }

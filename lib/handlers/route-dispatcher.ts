@@ -7,6 +7,7 @@ import type { OutboundPolicy } from '../connection/outbound.js';
 import type { RoutesWebSocket } from '../connection/routes-websocket.js';
 import type { WsConnectionRegistry } from '../connection/ws-connection-registry.js';
 import type { RateLimiter } from '../connection/rate-limiter.js';
+import type { RouteMetrics } from '../metrics/route-metrics.js';
 import { ConnectionExecutor, type ExecutorRoute } from './connection-executor.js';
 import { ErrorPolicy, stackOf } from './error-policy.js';
 import { MessageRouter } from './message-router.js';
@@ -62,6 +63,8 @@ export interface RouteDispatcherOptions {
   closeTimeout?: number;
   /** The route keeps its broadcasts for replay (`recovery`). */
   recovery?: RecoveryHub;
+  /** The route's counts (the `metrics` option). */
+  metrics?: RouteMetrics;
 }
 
 /**
@@ -80,6 +83,7 @@ export class RouteDispatcher implements OutboundEvents, ExecutorRoute {
   readonly maxQueuedBytes: number;
   readonly closeTimeout: number;
   readonly keepUpgradeRequest: boolean;
+  readonly metrics: RouteMetrics | undefined;
 
   constructor(
     readonly name: string,
@@ -100,6 +104,7 @@ export class RouteDispatcher implements OutboundEvents, ExecutorRoute {
       WS_ROUTES_DEFAULTS.maxQueuedPayloads * WS_ROUTES_DEFAULTS.maxPayload;
     this.closeTimeout = options.closeTimeout ?? WS_ROUTES_DEFAULTS.shutdownTimeout;
     this.keepUpgradeRequest = options.keepUpgradeRequest ?? WS_ROUTES_DEFAULTS.keepUpgradeRequest;
+    this.metrics = options.metrics;
   }
 
   /** Binds a freshly registered connection to this route's handlers and runs `@OnOpen`. */

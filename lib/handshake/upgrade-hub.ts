@@ -14,6 +14,9 @@ import { holdSocketErrors } from './socket-errors.js';
  */
 export type UpgradeHandler = (request: IncomingMessage, socket: Duplex, head: Buffer) => boolean;
 
+/** Told of each upgrade the hub answered itself: 404 (nobody claimed it) or 500. */
+export type HubRefusalListener = (status: number) => void;
+
 const hubs = new WeakMap<Server, UpgradeHub>();
 
 /**
@@ -29,6 +32,7 @@ const hubs = new WeakMap<Server, UpgradeHub>();
 export class UpgradeHub {
   private static readonly logger = new Logger('WsRoutes');
   private readonly handlers: UpgradeHandler[] = [];
+  private readonly refusalListeners = new Map<UpgradeHandler, HubRefusalListener>();
   private readonly listener = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {
     handshakeArrived(socket as Socket);
     holdSocketErrors(socket);
@@ -43,11 +47,11 @@ export class UpgradeHub {
         `Upgrade of ${loggablePath(request)} failed`,
         error instanceof Error ? error.stack : String(error),
       );
-      refuseUpgrade(socket, 500, 'Internal server error');
+      this.refuse(socket, 500, 'Internal server error');
       return;
     }
     if (this.server.listenerCount('upgrade') === 1)
-      refuseUpgrade(socket, 404, 'No WebSocket endpoint at this path');
+      this.refuse(socket, 404, 'No WebSocket endpoint at this path');
   };
 
   private constructor(private readonly server: Server) {}
@@ -59,15 +63,24 @@ export class UpgradeHub {
     return hub;
   }
 
-  add(handler: UpgradeHandler): void {
+  /** Adds a handler; `onRefused` (the metrics' count of unmatched upgrades) is told of refusals. */
+  add(handler: UpgradeHandler, onRefused?: HubRefusalListener): void {
     if (this.handlers.length === 0) this.server.on('upgrade', this.listener);
     this.handlers.push(handler);
+    if (onRefused) this.refusalListeners.set(handler, onRefused);
   }
 
   remove(handler: UpgradeHandler): void {
     const index = this.handlers.indexOf(handler);
     if (index === -1) return;
     this.handlers.splice(index, 1);
+    this.refusalListeners.delete(handler);
     if (this.handlers.length === 0) this.server.off('upgrade', this.listener);
+  }
+
+  private refuse(socket: Duplex, status: number, message: string): void {
+    // A client that is gone gets no answer, and is not counted as one.
+    if (socket.writable) for (const listener of this.refusalListeners.values()) listener(status);
+    refuseUpgrade(socket, status, message);
   }
 }

@@ -12,6 +12,7 @@ import { RoutesWebSocket } from '../connection/routes-websocket.js';
 import { parseQuery, WsConnection, type ConnectionRoute } from '../connection/ws-connection.js';
 import type { WsConnectionRegistry } from '../connection/ws-connection-registry.js';
 import type { GatewayConfig, RouteConfig } from '../routing/route-config.js';
+import type { RouteMetrics } from '../metrics/route-metrics.js';
 import { requestUrl } from '../routing/request-path.js';
 import { RouteMatcher } from '../routing/route-matcher.js';
 import { clientIp } from './client-ip.js';
@@ -37,6 +38,8 @@ export interface UpgradeRoute {
   readonly dispatcher: { attach(conn: WsConnection): void };
   /** The route's subprotocol choice; `undefined`: `ws`'s default (the client's first offer). */
   readonly selectProtocol: ProtocolSelector | undefined;
+  /** The route's counts; `undefined` when metrics are off. */
+  readonly metrics: RouteMetrics | undefined;
   /** The origin check and the handshake guards of the module and the route options. */
   readonly checkGuards: (request: HandshakeRequest, response: HandshakeResponse) => Promise<void>;
   /** The class's `@UseGuards()` and the global guards. */
@@ -115,6 +118,11 @@ export class UpgradePipeline {
     private readonly logger: LoggerService,
     /** `true` once `app.close()` began: new upgrades get 503. */
     private readonly isClosing: () => boolean,
+    /**
+     * Counts the upgrades no route matched: those refused here before a match, and the 404s
+     * of the `UpgradeHub`. `undefined` when metrics are off.
+     */
+    readonly countUnmatched?: (status: number) => void,
   ) {
     this.limiter = new ConnectionLimiter(config.maxConnections, config.maxConnectionsPerIp);
   }
@@ -143,7 +151,14 @@ export class UpgradePipeline {
   readonly handle: UpgradeHandler = (request, socket, head) => {
     const url = requestUrl(request);
     if (!url) {
-      this.refuse(request, socket, '(malformed request target)', 400, 'Malformed request target');
+      this.refuse(
+        undefined,
+        request,
+        socket,
+        '(malformed request target)',
+        400,
+        'Malformed request target',
+      );
       return true;
     }
     const { pathname } = url;
@@ -151,13 +166,28 @@ export class UpgradePipeline {
     try {
       found = this.matcher.match(pathname);
     } catch {
-      this.refuse(request, socket, pathname, 400, 'Malformed percent-encoding in the path');
+      this.refuse(
+        undefined,
+        request,
+        socket,
+        pathname,
+        400,
+        'Malformed percent-encoding in the path',
+      );
       return true;
     }
     if (!found) return false;
     const problem = validateUpgrade(request);
     if (problem) {
-      this.refuse(request, socket, pathname, problem.status, problem.message, problem.headers);
+      this.refuse(
+        found.route,
+        request,
+        socket,
+        pathname,
+        problem.status,
+        problem.message,
+        problem.headers,
+      );
     } else if (this.isClosing()) {
       this.refuseOn(found.route, head, request, socket, pathname, 503, SHUTDOWN_CLOSE_REASON, {
         'Retry-After': 5,
@@ -165,7 +195,7 @@ export class UpgradePipeline {
     } else {
       const query = url.search.length > 1 ? parseQuery(url.search.slice(1)) : {};
       this.handshake(found.route, request, socket, head, pathname, found.params, query).catch(
-        (error: unknown) => this.failed(error, request, socket, pathname),
+        (error: unknown) => this.failed(error, found.route, request, socket, pathname),
       );
     }
     return true;
@@ -240,6 +270,7 @@ export class UpgradePipeline {
     if (lines.length) upgradeHeaders.set(request, lines);
     route.wss.handleUpgrade(request, socket, head, (ws: WebSocket) => {
       releaseSocketErrors(socket); // ws listens now
+      route.metrics?.handshake(101);
       chosenProtocols.delete(request);
       if (this.isClosing()) {
         // Its close frees the slot (the socket's close listener is still on).
@@ -284,7 +315,7 @@ export class UpgradePipeline {
     const offered = offeredProtocols(request);
     if (!offered) {
       // Malformed: no 101 can answer it, so HTTP whatever `refuse` says.
-      this.refuse(request, socket, pathname, 400, 'Invalid Sec-WebSocket-Protocol header');
+      this.refuse(route, request, socket, pathname, 400, 'Invalid Sec-WebSocket-Protocol header');
       return false;
     }
     let chosen: string | false = false;
@@ -325,10 +356,16 @@ export class UpgradePipeline {
   }
 
   /** Something the steps did not expect: logged, and a 500 if the client is still there. */
-  private failed(error: unknown, request: IncomingMessage, socket: Duplex, pathname: string): void {
+  private failed(
+    error: unknown,
+    route: UpgradeRoute,
+    request: IncomingMessage,
+    socket: Duplex,
+    pathname: string,
+  ): void {
     try {
       this.logger.error(`Upgrade of ${pathname} failed`, stackOf(error));
-      this.refuse(request, socket, pathname, 500, INTERNAL_ERROR_MESSAGE);
+      this.refuse(route, request, socket, pathname, 500, INTERNAL_ERROR_MESSAGE);
     } catch {
       socket.destroy();
     }
@@ -395,16 +432,20 @@ export class UpgradePipeline {
           )
         : NO_LINES;
       if (this.closeRefusals.refuse(request, socket, head, code, reason, protocol, lines)) {
+        // Counted by the refusal's status: the 101 that carries it opens no connection.
+        route.metrics?.handshake(status);
         this.logger.warn(
           `Refused upgrade of ${pathname} from ${clientIp(request, this.config.trustProxy)}: ${status} ${reason} (close ${code})`,
         );
         return;
       }
     }
-    this.refuse(request, socket, pathname, status, message, headers);
+    this.refuse(route, request, socket, pathname, status, message, headers);
   }
 
+  /** Answers with an HTTP error, logged and counted; `route` is `undefined` before a match. */
   private refuse(
+    route: UpgradeRoute | undefined,
     request: IncomingMessage,
     socket: Duplex,
     pathname: string,
@@ -416,6 +457,8 @@ export class UpgradePipeline {
       socket.destroy();
       return;
     }
+    if (route) route.metrics?.handshake(status);
+    else this.countUnmatched?.(status);
     this.logger.warn(
       `Refused upgrade of ${pathname} from ${clientIp(request, this.config.trustProxy)}: ${status} ${refusalText(status, message, request)}`,
     );

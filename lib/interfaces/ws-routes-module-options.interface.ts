@@ -8,6 +8,7 @@ import type {
   RefusalMode,
 } from './handshake-options.interface.js';
 import type { HeartbeatOptions } from './heartbeat-options.interface.js';
+import type { WsRoutesMetricsOptions } from './metrics-options.interface.js';
 
 /** Options of `WsRoutesModule.forRoot()`; all optional, defaults in `WS_ROUTES_DEFAULTS`. */
 export interface WsRoutesModuleOptions {
@@ -101,4 +102,10 @@ export interface WsRoutesModuleOptions {
    * until the queue halves. Default 4 × `maxPayload`. The count is capped at 1,024 too.
    */
   maxQueuedBytes?: number;
+  /**
+   * Count connections, handshakes, messages, drops and handler time per route pattern, read
+   * with `WsRoutesMetrics.snapshot()` or scraped from a prom-client `registry`. Default
+   * `false`: nothing is counted or timed.
+   */
+  metrics?: boolean | WsRoutesMetricsOptions;
 }
