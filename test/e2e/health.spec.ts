@@ -1,4 +1,5 @@
 import 'reflect-metadata';
+import { get } from 'node:http';
 import { Controller, Get, Module, Query } from '@nestjs/common';
 import { HealthCheck, HealthCheckService, TerminusModule } from '@nestjs/terminus';
 import {
@@ -31,9 +32,27 @@ interface Health {
   };
 }
 
-async function health(url: string): Promise<Health> {
-  const response = await fetch(url, { signal: AbortSignal.timeout(3000) });
-  return { status: response.status, body: (await response.json()) as Health['body'] };
+/**
+ * One GET on a connection of its own (`agent: false`): fetch's pool would reuse a keep-alive
+ * socket that the shutting-down server has just closed as idle, and read ECONNRESET.
+ */
+function health(url: string): Promise<Health> {
+  return new Promise((resolve, reject) => {
+    const request = get(url, { agent: false, timeout: 3000 }, (response) => {
+      let text = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => (text += chunk));
+      response.on('end', () => {
+        try {
+          resolve({ status: response.statusCode ?? 0, body: JSON.parse(text) as Health['body'] });
+        } catch (error) {
+          reject(error instanceof Error ? error : new Error(String(error)));
+        }
+      });
+    });
+    request.on('timeout', () => request.destroy(new Error(`GET ${url}: no answer in 3 s`)));
+    request.on('error', reject);
+  });
 }
 
 /** Polls `url` until `done(health)` holds; fails after `timeout` ms with the last answer. */
