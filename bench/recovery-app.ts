@@ -7,7 +7,8 @@
  *
  * - `burst { route, count, bytes }` → `count` broadcasts of ~`bytes` B to the route in one
  *   synchronous loop; answers with the CPU time at its start;
- * - `state { gc }` → CPU time, heap, connections, transport readiness.
+ * - `state { gc }` → CPU time, heap, connections, transport readiness;
+ * - `shutdown` → exits.
  */
 import 'reflect-metadata';
 import { Module } from '@nestjs/common';
@@ -58,6 +59,11 @@ async function main(): Promise<void> {
       const to = broadcast.toRoute(route);
       for (let seq = 1; seq <= count; seq++) to.send(tickMessage(now(), seq, pad));
       return { cpu, start };
+    },
+    // Exits on its own (so that a `--cpu-prof` profile is written), after answering.
+    shutdown: () => {
+      setImmediate(() => process.exit(0));
+      return 'bye';
     },
     state: ({ gc }: { gc?: boolean }) => {
       const collect = (globalThis as { gc?: () => void }).gc;
