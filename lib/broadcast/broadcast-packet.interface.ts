@@ -38,6 +38,13 @@ export interface BroadcastPacket {
   volatile?: boolean;
   /** Instead of a message: what the addressed connections do. */
   action?: BroadcastAction;
+  /**
+   * Recovery routes whose shared history has this broadcast (set by the sender): their
+   * connections get it from the history's feed, with its id, so delivery of the packet leaves
+   * them out. Absent from an instance where the route has no recovery (a rolling deploy that
+   * turns it on): that instance's connections of the route get the packet itself.
+   */
+  kept?: string[];
 }
 
 /** Whether the packet names no target and so goes to every connection. */

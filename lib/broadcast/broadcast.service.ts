@@ -230,23 +230,9 @@ export class BroadcastService implements OnModuleInit, OnApplicationShutdown, Pa
 
   /** @internal Delivers here, then hands the packet to the transport for the other instances. */
   dispatch(packet: BroadcastPacket, message?: unknown): number {
-    // First: a broadcast that a recovery route cannot take throws before anything is sent.
-    const byRoute = this.recovery.active ? this.recovery.record(packet, message) : undefined;
-    // A broadcast that names only routes with a shared history is theirs alone: every
-    // instance's connections of those routes get it from the history's feed.
-    const shared = this.recovery.sharedRoutes;
-    if (
-      shared.size &&
-      !packet.action &&
-      !packet.volatile &&
-      packet.routes?.length &&
-      !packet.rooms?.length &&
-      !packet.users?.length &&
-      !packet.connections?.length &&
-      packet.routes.every((route) => shared.has(route))
-    )
-      return 0;
     packet.serial = this.serial = (this.serial % 0xffffffff) + 1;
+    // Then: a broadcast that a recovery route cannot take throws before anything is sent.
+    const byRoute = this.recovery.active ? this.recovery.record(packet, message) : undefined;
     const delivered = this.local.deliver(packet, byRoute);
     try {
       const publishing = this.transport.publish(packet);

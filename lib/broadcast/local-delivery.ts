@@ -55,40 +55,23 @@ function deliverMessage(
   const { binary } = packet;
   const volatile = packet.volatile ?? false;
   const except = packet.except?.length ? connectionsOf(registry, packet.except) : undefined;
-  // Connections of routes with a shared history get what was kept for them from its feed.
-  const kept = shared && !volatile ? keptFor(packet, shared) : undefined;
+  // Connections of routes whose shared history has this broadcast get it from its feed (the
+  // sender says which: `kept`; an instance where such a route has no recovery delivers it).
+  const kept = shared && packet.kept?.length ? packet.kept.filter((r) => shared.has(r)) : undefined;
+  const skip = kept?.length ? kept : undefined;
   const targets =
-    kept && packet.routes
-      ? { ...packet, routes: packet.routes.filter((r) => !shared!.has(r)) }
+    skip && packet.routes
+      ? { ...packet, routes: packet.routes.filter((r) => !skip.includes(r)) }
       : packet;
   let frame: Buffer | undefined;
   let delivered = 0;
   for (const conn of recipients(registry, targets)) {
     if (conn.readyState !== OPEN || except?.has(conn)) continue;
-    if (
-      kept !== undefined &&
-      shared!.has(conn.route) &&
-      (kept === true || kept.includes(conn.route))
-    )
-      continue;
+    if (skip !== undefined && skip.includes(conn.route)) continue;
     frame ??= frameMessage(payload, binary);
     if (conn.deliver(payload, binary, frame, volatile)) delivered++;
   }
   return delivered;
-}
-
-/**
- * The shared-history routes a broadcast was kept for (`RecoveryHub.record`'s rule): all of them
- * when it names everyone, a room or a user; else those it names. A broadcast to connections
- * only is kept for none: those connections get it here, without an id.
- */
-function keptFor(
-  packet: BroadcastPacket,
-  shared: ReadonlySet<string>,
-): true | string[] | undefined {
-  if (isForEveryone(packet) || packet.rooms?.length || packet.users?.length) return true;
-  const routes = packet.routes?.filter((route) => shared.has(route));
-  return routes?.length ? routes : undefined;
 }
 
 /**

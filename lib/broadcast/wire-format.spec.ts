@@ -95,9 +95,24 @@ describe('wire format', () => {
     expect(isPacketFrom(bytes.subarray(0, 8), Buffer.from(full.origin))).toBe(false);
   });
 
-  it('reads a frame with fields a later minor version appended', () => {
-    const bytes = Buffer.concat([encodePacket(full), Buffer.from('future fields')]);
-    expect((decodeFrame(bytes) as { packet: BroadcastPacket }).packet.rooms).toEqual(full.rooms);
+  it('reads the kept routes (minor 1), and frames with fields a later minor version appended', () => {
+    const kept = { ...full, kept: ['/board', '/b}o'] };
+    expect((decodeFrame(encodePacket(kept)) as { packet: BroadcastPacket }).packet.kept).toEqual(
+      kept.kept,
+    );
+    expect((decodeFrame(encodePacket(full)) as { packet: BroadcastPacket }).packet.kept).toBe(
+      undefined,
+    );
+    // A later release writes the kept list (0: none) before its own fields.
+    const later = Buffer.concat([encodePacket(kept), Buffer.from('future fields')]);
+    expect((decodeFrame(later) as { packet: BroadcastPacket }).packet).toMatchObject({
+      rooms: full.rooms,
+      kept: kept.kept,
+    });
+    const none = Buffer.concat([encodePacket(full), Buffer.alloc(4), Buffer.from('future')]);
+    const read = (decodeFrame(none) as { packet: BroadcastPacket }).packet;
+    expect(read.rooms).toEqual(full.rooms);
+    expect(read.kept).toBe(undefined);
   });
 
   it('refuses another major version, foreign bytes and truncated frames loudly', () => {

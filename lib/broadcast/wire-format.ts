@@ -9,6 +9,9 @@ import type { BroadcastAction, BroadcastPacket } from './broadcast-packet.interf
  *               routes rooms users connections except (list: u32 count, then str16 each)
  *               action(u8: 0 none, 1 join + list, 2 leave + list, 3 disconnect + code u16 + str16)
  *               payload(u32 length + bytes)
+ *               [minor 1: kept (list): the recovery routes whose history has this broadcast;
+ *                omitted when there is none and nothing follows: a later minor version writes
+ *                it (count 0 for none) before its own fields]
  * count request body: request id(str8), then a packet body
  * control body: JSON (UTF-8) to the end
  * entry body:   route(str16)  epoch(str8)  seq(str8, decimal digits)  then a whole packet frame
@@ -191,6 +194,7 @@ function packetSize(packet: BroadcastPacket): number {
   size += 1 + actionSize(packet.action);
   const payload = packet.payload;
   size += 4 + (typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length);
+  if (packet.kept?.length) size += listSize(packet.kept);
   return size;
 }
 
@@ -257,6 +261,7 @@ class Writer {
       this.at += 4;
       this.bytes(payload);
     }
+    if (packet.kept?.length) this.list(packet.kept);
   }
 
   u8(value: number): void {
@@ -330,6 +335,11 @@ class Reader {
     packet.payload = this.take(length);
     packet.binary = (flags & FLAG_BINARY) !== 0;
     if (flags & FLAG_VOLATILE) packet.volatile = true;
+    // Fields of later minor versions: absent in frames of older releases.
+    if (this.at < this.buffer.length) {
+      const kept = this.list();
+      if (kept?.length) packet.kept = kept;
+    }
     return packet;
   }
 

@@ -37,6 +37,8 @@ export interface HistoryFeed {
   entry(epoch: string, seq: number, packet: BroadcastPacket): void;
   /** The history is reachable again after an outage (or for the first time). */
   ready(): void;
+  /** The history became unreachable: what was heard may have holes, or have been undone. */
+  down(): void;
 }
 
 /**
@@ -64,6 +66,11 @@ export interface RecoveryHistory {
     after: number,
     maxBytes: number,
   ): Promise<HistoryRead>;
+  /**
+   * Gives the route's stream a new epoch if it is still `epoch` (the history went back and
+   * its seqs are being given again), and answers where the stream stands now.
+   */
+  renew(route: string, epoch: string): Promise<{ epoch: string; seq: number }>;
   /** Whether the history can be reached now. */
   isReady(): boolean;
 }

@@ -98,6 +98,8 @@ export class RecoveryHub {
       if (reaching.length) {
         const prefix = envelopePrefix(message);
         for (const stream of reaching) stream.append(packet, prefix);
+        // Every instance where these routes keep a history delivers it from the history.
+        packet.kept = reaching.map((stream) => stream.route);
       }
       return undefined;
     }

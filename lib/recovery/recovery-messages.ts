@@ -43,7 +43,7 @@ export function recoveryMessage(
   recovered: boolean,
   replayed: number,
   reason: RecoveryFailure | undefined,
-  id: string,
+  id: string | null,
 ): string {
   const data = recovered ? { recovered, replayed } : { recovered, reason };
   return JSON.stringify({ event: RECOVERY_EVENT, data, id });

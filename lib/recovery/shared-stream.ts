@@ -38,6 +38,8 @@ interface Sent {
 /** A reconnecting connection, from the end of its `@OnOpen` until it is live. */
 interface Replay {
   position: StreamPosition | undefined;
+  /** Sent back to the batch once already (its epoch was ahead of this instance's feed). */
+  retried: boolean;
   /** Live entries for it while the history is read; `undefined` once the replay was sent. */
   buffer: Sent[] | undefined;
   /** After the replay: live entries up to this seq (of `epoch`) were in it already. */
@@ -79,10 +81,20 @@ export class SharedStream implements HistoryFeed {
   /** Reconnecting connections whose `@OnOpen` has not finished. */
   private readonly held = new Map<WsConnection, StreamPosition | undefined>();
   private readonly replaying = new Map<WsConnection, Replay>();
-  private batch: WsConnection[] = [];
+  /** Reconnects whose `@OnOpen` finished, waiting for the next read. */
+  private readonly batch = new Set<WsConnection>();
   private batchScheduled = false;
-  /** A gap was told and nothing was delivered since: it is not told again. */
-  private gapTold = false;
+  /** The epoch of the last gap told, until the next entry: the same gap is not told again. */
+  private gapTold: string | undefined;
+  /**
+   * The transport lost Redis since the last read: before the feed goes on, the stream is read
+   * again and the last entry delivered is compared with the one the history has under its seq
+   * (a Redis restarted from an older snapshot gives the same seqs to other broadcasts).
+   */
+  private unsure = false;
+  /** Who sent the last entry delivered, and its serial: what `unsure` compares. */
+  private lastOrigin = '';
+  private lastSerial = 0;
   private lost = 0;
   private lostLogged = 0;
   private lostLoggedAt = -Infinity;
@@ -107,7 +119,12 @@ export class SharedStream implements HistoryFeed {
    * instance's. `prefix` is the message without its id (`envelopePrefix`).
    */
   append(packet: BroadcastPacket, prefix: string): void {
-    const entry: BroadcastPacket = { origin: packet.origin, payload: prefix, binary: false };
+    const entry: BroadcastPacket = {
+      origin: packet.origin,
+      serial: packet.serial,
+      payload: prefix,
+      binary: false,
+    };
     if (!isForEveryone(packet)) {
       entry.routes = packet.routes ?? [];
       if (packet.rooms) entry.rooms = packet.rooms;
@@ -142,8 +159,9 @@ export class SharedStream implements HistoryFeed {
     if (!this.held.has(conn)) return;
     const position = this.held.get(conn);
     this.held.delete(conn);
-    this.replaying.set(conn, { position, buffer: [], upTo: 0, epoch: '', gapped: false });
-    this.batch.push(conn);
+    const replay = { position, retried: false, buffer: [], upTo: 0, epoch: '', gapped: false };
+    this.replaying.set(conn, replay);
+    this.batch.add(conn);
     this.scheduleBatch();
   }
 
@@ -152,12 +170,13 @@ export class SharedStream implements HistoryFeed {
     this.unplaced.delete(conn);
     this.held.delete(conn);
     this.replaying.delete(conn);
+    this.batch.delete(conn);
   }
 
   /** `HistoryFeed`: an entry, as every instance hears it. */
   entry(epoch: string, seq: number, packet: BroadcastPacket): void {
     const heard = { epoch, seq, packet };
-    if (!this.known || this.syncing || !this.accept(heard)) {
+    if (!this.known || this.syncing || this.unsure || !this.accept(heard)) {
       this.pending.push(heard);
       this.sync();
     }
@@ -166,6 +185,11 @@ export class SharedStream implements HistoryFeed {
   /** `HistoryFeed`: reachable again; what the feed missed meanwhile is read. */
   ready(): void {
     this.sync();
+  }
+
+  /** `HistoryFeed`: unreachable; the feed waits for a read when it is back. */
+  down(): void {
+    if (this.known) this.unsure = true;
   }
 
   private position(): string {
@@ -194,34 +218,70 @@ export class SharedStream implements HistoryFeed {
     }
     this.syncing = true;
     const known = this.known;
-    this.history
-      .read(this.route, known ? this.epoch : undefined, known ? this.seq : -1, MAX_READ_BYTES)
-      .then(
-        (read) =>
-          this.guard(() => {
-            this.syncing = false;
-            this.caughtUp(read, known);
-            this.drain();
-            if (this.syncAgain) {
-              this.syncAgain = false;
-              this.sync();
-            }
-            this.scheduleBatch();
-          }),
-        (error: unknown) => {
+    // After an outage, the read starts at the last entry delivered, to compare it.
+    const verify = known && this.unsure && this.seq > 0;
+    this.unsure = false;
+    const after = !known ? -1 : verify ? this.seq - 1 : this.seq;
+    this.history.read(this.route, known ? this.epoch : undefined, after, MAX_READ_BYTES).then(
+      (read) =>
+        this.guard(() => {
           this.syncing = false;
-          this.syncAgain = false;
+          const again = this.caughtUp(read, known, verify);
+          if (this.syncing) return; // renewing the epoch: it goes on from there
+          this.drain();
+          if (again || this.syncAgain) {
+            this.syncAgain = false;
+            this.sync();
+          }
+          this.scheduleBatch();
+        }),
+      (error: unknown) => {
+        this.syncing = false;
+        this.syncAgain = false;
+        if (verify) this.unsure = true;
+        this.failed('read', error);
+      },
+    );
+  }
+
+  /** A read (or renewal) failed: `ready()` reads again; while reachable, once a second. */
+  private failed(what: string, error: unknown): void {
+    this.logger.warn?.(
+      `Recovery ${this.route}: the history could not be ${what} (${describe(error)}); trying again`,
+    );
+    if (!this.history.isReady()) return;
+    setTimeout(() => {
+      if (this.syncing) return;
+      if (!this.known || this.unsure || this.pending.length || this.batch.size) this.sync();
+    }, RETRY_DELAY).unref();
+  }
+
+  /**
+   * The history went back: Redis restarted from an older snapshot (or a replica took over
+   * without the last writes), so this epoch's seqs are being given to other broadcasts. A new
+   * epoch (made once, by whichever instance sees it first) keeps any id from being reused.
+   */
+  private renew(): void {
+    this.syncing = true;
+    const stale = this.epoch;
+    this.history.renew(this.route, stale).then(
+      (fresh) =>
+        this.guard(() => {
+          this.syncing = false;
           this.logger.warn?.(
-            `Recovery ${this.route}: the history could not be read (${describe(error)}); ` +
-              'trying again',
+            `Recovery ${this.route}: the history went back (epoch ${stale}); ` +
+              `its pages here are told history_lost, the stream goes on in epoch ${fresh.epoch}`,
           );
-          // Unreachable: `ready()` reads again. Reachable (a failed read): once a second.
-          if (this.history.isReady())
-            setTimeout(() => {
-              if (!this.syncing && (!this.known || this.pending.length)) this.sync();
-            }, RETRY_DELAY).unref();
-        },
-      );
+          this.tellGap('history_lost', fresh.epoch, fresh.seq);
+          this.drain();
+          this.scheduleBatch();
+        }),
+      (error: unknown) => {
+        this.syncing = false;
+        this.unsure = true;
+        this.failed('renewed', error);
+      },
+    );
   }
 
   /** A step of the feed that must never throw into a promise nobody awaits. */
@@ -233,7 +293,8 @@ export class SharedStream implements HistoryFeed {
     }
   }
 
-  private caughtUp(read: HistoryRead, known: boolean): void {
+  /** Applies a read to the feed; `true`: read on (a hole larger than one read). */
+  private caughtUp(read: HistoryRead, known: boolean, verify: boolean): boolean {
     if (!known) {
       this.epoch = read.epoch;
       this.seq = read.seq;
@@ -241,12 +302,16 @@ export class SharedStream implements HistoryFeed {
       for (const conn of this.unplaced)
         if (conn.readyState === OPEN) conn.send(positionMessage(this.position()));
       this.unplaced.clear();
-      return;
+      return false;
     }
     if (read.epoch !== this.epoch) {
       // The history this instance followed is gone, with whatever it held after our position.
       this.tellGap('history_lost', read.epoch, read.seq);
-      return;
+      return false;
+    }
+    if (read.seq < this.seq || (verify && !this.stillLast(read))) {
+      this.renew();
+      return false;
     }
     let expected = this.seq + 1;
     for (const entry of read.entries) {
@@ -255,7 +320,18 @@ export class SharedStream implements HistoryFeed {
       this.deliver({ epoch: read.epoch, seq: entry.seq, packet: entry.packet });
       expected++;
     }
+    if (read.truncated && expected > this.seq && this.seq < read.seq) return true;
     if (this.seq < read.seq) this.tellGap('history_lost', read.epoch, read.seq);
+    return false;
+  }
+
+  /** Whether the history still has, under the last seq delivered, the entry delivered. */
+  private stillLast(read: HistoryRead): boolean {
+    const last = read.entries.find((entry) => entry.seq === this.seq);
+    // Gone (trimmed, expired), or never delivered here: nothing to compare; a hole after it
+    // is told as such.
+    if (!last || !this.lastOrigin) return true;
+    return last.packet.origin === this.lastOrigin && (last.packet.serial ?? 0) === this.lastSerial;
   }
 
   /**
@@ -277,7 +353,9 @@ export class SharedStream implements HistoryFeed {
   private deliver(heard: Heard): void {
     const { epoch, seq, packet } = heard;
     this.seq = seq;
-    this.gapTold = false;
+    this.lastOrigin = packet.origin;
+    this.lastSerial = packet.serial ?? 0;
+    this.gapTold = undefined;
     const except = packet.except?.length ? connectionsOf(this.registry, packet.except) : undefined;
     let payload: Buffer | undefined;
     let frame: Buffer | undefined;
@@ -308,16 +386,23 @@ export class SharedStream implements HistoryFeed {
    * told (once, until the next entry), with the position live traffic goes on from.
    */
   private tellGap(reason: RecoveryFailure, epoch: string, seq: number): void {
+    const left = this.epoch;
+    if (epoch !== this.epoch || seq !== this.seq) {
+      // The entry under the new position was never delivered here: nothing to compare.
+      this.lastOrigin = '';
+      this.lastSerial = 0;
+    }
     this.epoch = epoch;
     this.seq = seq;
-    if (this.gapTold) return;
-    this.gapTold = true;
+    if (this.gapTold === epoch) return;
+    this.gapTold = epoch;
     const message = recoveryMessage(false, 0, reason, this.position());
     for (const conn of this.registry.byRoute(this.route)) {
       if (conn.readyState !== OPEN || this.unplaced.has(conn) || this.held.has(conn)) continue;
       const replay = this.replaying.get(conn);
       if (replay?.buffer) {
-        replay.gapped = true;
+        // Only a replay from the history that lost entries is no longer whole.
+        if (replay.position?.epoch === left) replay.gapped = true;
         continue;
       }
       if (replay) this.replaying.delete(conn);
@@ -341,7 +426,7 @@ export class SharedStream implements HistoryFeed {
   };
 
   private scheduleBatch(): void {
-    if (this.batchScheduled || !this.batch.length || !this.known || this.syncing) return;
+    if (this.batchScheduled || !this.batch.size || this.syncing) return;
     this.batchScheduled = true;
     // The reconnects of this turn (a server restart brings many at once) share one read.
     setImmediate(() => {
@@ -353,12 +438,30 @@ export class SharedStream implements HistoryFeed {
 
   private async runBatch(): Promise<void> {
     this.batchScheduled = false;
-    if (!this.known || this.syncing) return;
-    const conns = this.batch.filter((conn) => this.replaying.has(conn));
-    this.batch = [];
+    if (this.syncing) return; // the read's end schedules the batch again
+    if (!this.known) {
+      if (this.history.isReady()) this.sync();
+      else this.answerUnplaced();
+      return;
+    }
+    const conns = [...this.batch].filter((conn) => this.replaying.has(conn));
+    this.batch.clear();
     if (!conns.length) return;
+    // An id of another epoch than this instance's feed may be of a newer history that the
+    // feed has not heard of yet: the feed reads first, and the connection goes in the next batch.
+    const ahead = conns.filter((conn) => {
+      const replay = this.replaying.get(conn)!;
+      if (!replay.position || replay.position.epoch === this.epoch || replay.retried) return false;
+      replay.retried = true;
+      return true;
+    });
+    if (ahead.length) {
+      for (const conn of ahead) this.batch.add(conn);
+      this.sync();
+    }
+    const now = conns.filter((conn) => !ahead.includes(conn));
     let after = Infinity;
-    for (const conn of conns) {
+    for (const conn of now) {
       const { position } = this.replaying.get(conn)!;
       if (position && position.epoch === this.epoch) after = Math.min(after, position.seq);
     }
@@ -368,12 +471,19 @@ export class SharedStream implements HistoryFeed {
         read = await this.history.read(this.route, this.epoch, after, MAX_READ_BYTES);
       } catch (error) {
         this.logger.warn?.(
-          `Recovery ${this.route}: ${conns.length} replay(s) could not be read: ${describe(error)}`,
+          `Recovery ${this.route}: ${now.length} replay(s) could not be read: ${describe(error)}`,
         );
       }
     }
     const payloads = new Map<number, Buffer>();
-    for (const conn of conns) {
+    for (const conn of now) {
+      const replay = this.replaying.get(conn);
+      // A read cut at its byte cap: the connections whose range starts after its start get a
+      // read of their own (starting further on, so this ends).
+      if (read?.truncated && replay?.position && replay.position.seq > after) {
+        this.batch.add(conn);
+        continue;
+      }
       try {
         this.finish(conn, read, payloads);
       } catch (error) {
@@ -383,6 +493,21 @@ export class SharedStream implements HistoryFeed {
       }
     }
     this.scheduleBatch();
+  }
+
+  /**
+   * Reconnects while the history was never reached (this instance booted while Redis was
+   * down): there is no position to give, so they are told at once, without an id, and get
+   * their position like new connections once Redis is reached.
+   */
+  private answerUnplaced(): void {
+    const message = recoveryMessage(false, 0, 'history_lost', null);
+    for (const conn of this.batch) {
+      if (!this.replaying.delete(conn) || conn.readyState !== OPEN) continue;
+      conn.send(message);
+      this.unplaced.add(conn);
+    }
+    this.batch.clear();
   }
 
   /** Sends one reconnecting connection its replay and its buffered entries, or the refusal. */
@@ -432,8 +557,8 @@ export class SharedStream implements HistoryFeed {
     }
     // Live entries buffered meanwhile that the read did not have (it may have had them all).
     for (const sent of buffer) {
-      if (sent.epoch !== position.epoch) return refuse('history_lost');
-      if (sent.seq > upTo) missed.push(sent);
+      // Entries of the history before this one were heard before the page's id: passed.
+      if (sent.epoch === position.epoch && sent.seq > upTo) missed.push(sent);
     }
     // All of it fits in what the connection may queue, or none of it is sent: a replay cut by
     // the slow-consumer policy would be a gap (or a close) after recovered:true.

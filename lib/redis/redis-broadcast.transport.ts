@@ -543,6 +543,7 @@ export class RedisBroadcastTransport extends EventEmitter implements BroadcastTr
   /** A dropped connection, a failed retry or probe: not ready until verified again. */
   private markDown(cause: unknown): void {
     if (this.closed) return;
+    this.history?.unreachable();
     if (this.ready || !this.downSince) this.downSince = Date.now();
     if (this.ready) {
       this.ready = false;

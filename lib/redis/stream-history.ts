@@ -74,6 +74,21 @@ end
 return out
 `;
 
+/**
+ * A new epoch for a stream whose history went back, if it is still the epoch the instance saw
+ * (whichever instance notices first makes it; the others find it made). KEYS: epoch, seq,
+ * stream. ARGV: the stale epoch, the new one, meta ttl. Answers the epoch and seq now.
+ */
+const RENEW = `
+local epoch = redis.call('GET', KEYS[1])
+if not epoch or epoch == ARGV[1] then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[1], epoch, 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2], KEYS[3])
+end
+return {epoch, tostring(tonumber(redis.call('GET', KEYS[2]) or '0'))}
+`;
+
 interface Script {
   source: string;
   sha: string;
@@ -85,6 +100,7 @@ const script = (source: string): Script => ({
 });
 const APPEND_SCRIPT = script(APPEND);
 const READ_SCRIPT = script(READ);
+const RENEW_SCRIPT = script(RENEW);
 
 /** How long a stream's epoch and seq outlive its last entry: ids stay comparable meanwhile. */
 const META_TTL = 24 * 60 * 60 * 1000;
@@ -197,6 +213,19 @@ export class RedisStreamHistory implements RecoveryHistory {
     };
   }
 
+  async renew(route: string, epoch: string): Promise<{ epoch: string; seq: number }> {
+    const stream = this.stream(route);
+    const driver = this.host.driver();
+    if (!driver || !this.host.isReady()) throw new Error('Redis is unreachable');
+    const meta = String(Math.max(META_TTL, 2 * stream.limits.window));
+    const reply = (await this.run(driver, RENEW_SCRIPT, stream.keys, [
+      epoch,
+      newEpoch(),
+      meta,
+    ])) as Buffer[];
+    return { epoch: reply[0].toString(), seq: Number(reply[1].toString()) };
+  }
+
   /** An entry frame heard on a stream's channel. */
   heard(route: string, epoch: string, seq: number, packet: BroadcastPacket): void {
     this.streams.get(route)?.feed.entry(epoch, seq, packet);
@@ -205,6 +234,11 @@ export class RedisStreamHistory implements RecoveryHistory {
   /** The transport is ready again: every stream reads what its feed missed. */
   reachable(): void {
     for (const stream of this.streams.values()) stream.feed.ready();
+  }
+
+  /** The transport lost Redis: every stream checks what it heard before going on. */
+  unreachable(): void {
+    for (const stream of this.streams.values()) stream.feed.down();
   }
 
   private stream(route: string): OpenStream {
