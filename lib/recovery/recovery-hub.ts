@@ -5,7 +5,13 @@ import type { WsConnection } from '../connection/ws-connection.js';
 import type { WsConnectionRegistry } from '../connection/ws-connection-registry.js';
 import { reaches } from './entry-targets.js';
 import type { RecoveryHistory } from './recovery-history.interface.js';
-import { envelopePrefix, positionMessage, recoveryMessage, withId } from './recovery-messages.js';
+import {
+  envelopePrefix,
+  FRAME_HEADER,
+  positionMessage,
+  recoveryMessage,
+  withId,
+} from './recovery-messages.js';
 import { LAST_EVENT_ID_PARAM } from './recovery-options.js';
 import { RecoveryStream } from './recovery-stream.js';
 import { SharedStream } from './shared-stream.js';
@@ -194,9 +200,6 @@ export class RecoveryHub {
     for (const entry of replay) conn.send(entry.payload, { binary: false });
   }
 }
-
-/** Most bytes a frame header adds to a payload (server frames are not masked). */
-const FRAME_HEADER = 10;
 
 function current(stream: RecoveryStream): string {
   return formatPosition(stream.epoch, stream.seq);

@@ -6,6 +6,12 @@ export const RECOVERY_EVENT = 'recovery';
 export const POSITION_EVENT = 'position';
 
 /**
+ * Most bytes a frame header adds to a payload (server frames are not masked): what a replay
+ * adds to a connection's queue beyond its payloads, for the `maxBufferedAmount` check.
+ */
+export const FRAME_HEADER = 10;
+
+/**
  * The message of a broadcast, without its closing brace and id, so the id given later (by the
  * stream) is appended once per route: an object's JSON gets an `"id"` member (`{event, data}`
  * becomes `{event, data, id}`); anything else is wrapped as `{"event":"message","data":…}`.

@@ -12,17 +12,15 @@ import type {
   StreamLimits,
 } from './recovery-history.interface.js';
 import { LAST_EVENT_ID_PARAM, type RecoveryFailure } from './recovery-options.js';
-import { positionMessage, recoveryMessage, withId } from './recovery-messages.js';
+import { FRAME_HEADER, positionMessage, recoveryMessage, withId } from './recovery-messages.js';
 import { formatPosition, parsePosition, type StreamPosition } from './stream-position.js';
 
 const OPEN = 1;
-/** Most bytes a frame header adds to a payload (server frames are not masked). */
-const FRAME_HEADER = 10;
 /**
  * Most payload bytes one read of a stream brings back: a replay larger than a connection may
  * queue is refused anyway (`too_many`), this bounds what a read costs Redis and this process.
  */
-export const MAX_READ_BYTES = 64 * 1024 * 1024;
+const MAX_READ_BYTES = 64 * 1024 * 1024;
 /** After a failed read of the history (while it is reachable), the next try. */
 const RETRY_DELAY = 1_000;
 /** How often a run of broadcasts the history could not store is logged (with a count). */
@@ -107,11 +105,6 @@ export class SharedStream implements HistoryFeed {
     private readonly logger: LoggerService,
   ) {
     history.open(route, limits, this);
-  }
-
-  /** Broadcasts to this route that the history could not store (each one told as a gap). */
-  get lostEntries(): number {
-    return this.lost;
   }
 
   /**
