@@ -179,7 +179,7 @@ export class WsRoutesGateway
 
   /** Before Nest closes the HTTP server, which would wait for sockets that never sent a request. */
   beforeApplicationShutdown(): void {
-    this.handshakeWatch?.dropPending();
+    this.handshakeWatch?.cutPendingAfter(PENDING_GRACE);
   }
 
   async onApplicationShutdown(): Promise<void> {
@@ -318,7 +318,7 @@ export class WsRoutesGateway
       await new Promise((resolve) => setTimeout(resolve, drainDelay));
     }
     this.phase = 'closing';
-    this.handshakeWatch?.dropPending();
+    this.handshakeWatch?.cutPendingAfter(PENDING_GRACE);
     for (const route of this.routes) route.heartbeat?.stop();
     const timeout = this.config.shutdownTimeout;
     const deadline = Date.now() + timeout;
@@ -343,6 +343,12 @@ export class WsRoutesGateway
     }
   }
 }
+
+/**
+ * At shutdown, how long a socket that has connected but not sent its request yet still gets
+ * (ms): the bytes of a health check or an upgrade may be on their way.
+ */
+const PENDING_GRACE = 500;
 
 /** How long `app.close()` waits for `@OnClose` handlers past the shutdown deadline (ms). */
 const ON_CLOSE_GRACE = 1000;

@@ -2,15 +2,18 @@ import type { Server } from 'node:http';
 import { Server as TlsServer } from 'node:tls';
 import type { Socket } from 'node:net';
 
-/** Sockets that have not sent their first request yet, with their cut-off timer. */
-const pending = new Map<Socket, { server: Server; timer: NodeJS.Timeout }>();
+/** Sockets that have not sent their first request yet, with their cut-off time and timer. */
+const pending = new Map<Socket, { server: Server; timer: NodeJS.Timeout; cutOffAt: number }>();
 const RESPONSE_408 =
   'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 
-/** Stops watching a server; `dropPending()` also closes its sockets that never sent a request. */
+/**
+ * Stops watching a server; `cutPendingAfter(grace)` brings the cut-off of its sockets that have
+ * not sent a request yet forward to `grace` ms from now.
+ */
 export interface HandshakeWatch {
   stop(): void;
-  dropPending(): void;
+  cutPendingAfter(grace: number): void;
 }
 
 /**
@@ -22,17 +25,7 @@ export interface HandshakeWatch {
 export function watchHandshakes(server: Server, timeout: number): HandshakeWatch {
   const connectionEvent = server instanceof TlsServer ? 'secureConnection' : 'connection';
   const onConnection = (socket: Socket) => {
-    const timer = setTimeout(() => {
-      pending.delete(socket);
-      if (socket.writable) {
-        socket.once('finish', () => socket.destroy());
-        socket.end(RESPONSE_408);
-      } else {
-        socket.destroy();
-      }
-    }, timeout);
-    timer.unref();
-    pending.set(socket, { server, timer });
+    pending.set(socket, { server, ...cutOff(socket, timeout) });
     socket.on('close', onPendingClose);
   };
   const onRequest = (request: { socket: Socket }) => handshakeArrived(request.socket);
@@ -45,15 +38,31 @@ export function watchHandshakes(server: Server, timeout: number): HandshakeWatch
       server.off('request', onRequest);
     },
     // At shutdown: browsers open spare connections that may never send a request, and
-    // `server.close()` would wait for them until the timeout above.
-    dropPending: () => {
+    // `server.close()` would wait for them until the handshake timeout. A request whose bytes
+    // are on their way (a load balancer's health check, say) still gets its answer.
+    cutPendingAfter: (grace) => {
       for (const [socket, entry] of pending) {
-        if (entry.server !== server) continue;
-        handshakeArrived(socket);
-        socket.destroy();
+        if (entry.server !== server || entry.cutOffAt <= Date.now() + grace) continue;
+        clearTimeout(entry.timer);
+        Object.assign(entry, cutOff(socket, grace));
       }
     },
   };
+}
+
+/** Answers 408 and closes `socket` in `delay` ms unless its request arrives first. */
+function cutOff(socket: Socket, delay: number): { timer: NodeJS.Timeout; cutOffAt: number } {
+  const timer = setTimeout(() => {
+    pending.delete(socket);
+    if (socket.writable) {
+      socket.once('finish', () => socket.destroy());
+      socket.end(RESPONSE_408);
+    } else {
+      socket.destroy();
+    }
+  }, delay);
+  timer.unref();
+  return { timer, cutOffAt: Date.now() + delay };
 }
 
 /** The socket's request arrived (or it closed): it is no longer a slow handshake. */

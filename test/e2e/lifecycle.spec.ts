@@ -346,10 +346,20 @@ describe('shutdown', () => {
     const idle = connect(t.port, '127.0.0.1');
     idle.on('error', () => undefined);
     await new Promise((resolve) => idle.once('connect', resolve));
+    // ...but one whose request is on its way when the shutdown begins (a load balancer's health
+    // check) gets its answer, not a reset.
+    const late = connect(t.port, '127.0.0.1');
+    let lateAnswer = '';
+    let lateError: Error | undefined;
+    late.on('data', (chunk: Buffer) => (lateAnswer += chunk.toString('latin1')));
+    late.on('error', (error) => (lateError = error));
+    await new Promise((resolve) => late.once('connect', resolve));
     await eventually(() => t.app.get(WsConnectionRegistry).size === 2);
 
     const started = Date.now();
     const closing = t.app.close();
+    await delay(100);
+    late.write(`GET /nothing-here HTTP/1.1\r\nHost: 127.0.0.1:${t.port}\r\n\r\n`);
     await polite.expectClose(CloseCode.GoingAway, 'Server shutting down');
     await expectRefused(t.app, '/closing', 503);
     await closing;
@@ -360,8 +370,11 @@ describe('shutdown', () => {
       .filter((entry) => entry.route === 'closing')
       .map((entry) => entry.code);
     expect(codes.sort()).toEqual([1001, 1006]);
+    expect(lateError).toBeUndefined();
+    expect(lateAnswer).toMatch(/^HTTP\/1\.1 404 /);
     stubborn.destroy();
     idle.destroy();
+    late.destroy();
   });
 });
 
