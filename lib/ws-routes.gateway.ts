@@ -33,6 +33,7 @@ import {
 import { WsRouteExplorer, type WsRouteDefinition } from './routing/ws-route-explorer.js';
 import { WsConnection } from './connection/ws-connection.js';
 import { RateLimiter } from './connection/rate-limiter.js';
+import { RouteLog } from './connection/route-log.js';
 import { WsConnectionRegistry } from './connection/ws-connection-registry.js';
 import { RecoveryHub } from './recovery/recovery-hub.js';
 import { MetricsStore } from './metrics/metrics-store.js';
@@ -233,6 +234,14 @@ export class WsRoutesGateway
       ...(await this.resolveGuards(this.options.guards)),
       ...(await this.resolveGuards(routeOptions.guards, definition.moduleRef)),
     ];
+    const shared = {
+      pattern,
+      rooms: this.registry,
+      events: dispatcher,
+      outbound: config.outbound,
+      metrics,
+    };
+    this.registry.setRouteLog(pattern, new RouteLog(shared, () => this.registry.byRoute(pattern)));
     return {
       pattern,
       config,
@@ -244,13 +253,7 @@ export class WsRoutesGateway
       checkGuards: createGuardChain(guards, routeClass, definition.instance.constructor),
       checkClassGuards: handlers.handshake,
       metrics,
-      shared: {
-        pattern,
-        rooms: this.registry,
-        events: dispatcher,
-        outbound: config.outbound,
-        metrics,
-      },
+      shared,
     };
   }
 

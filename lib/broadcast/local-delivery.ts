@@ -63,6 +63,9 @@ function deliverMessage(
     skip && packet.routes
       ? { ...packet, routes: packet.routes.filter((r) => !skip.includes(r)) }
       : packet;
+  if (!volatile && except === undefined && onlyRoutes(targets)) {
+    return deliverToRouteLogs(registry, targets, payload, binary, skip);
+  }
   let frame: Buffer | undefined;
   let delivered = 0;
   for (const conn of recipients(registry, targets)) {
@@ -70,6 +73,48 @@ function deliverMessage(
     if (skip !== undefined && skip.includes(conn.route)) continue;
     frame ??= frameMessage(payload, binary);
     if (conn.deliver(payload, binary, frame, volatile)) delivered++;
+  }
+  return delivered;
+}
+
+/** Whether the packet addresses whole routes only (or everyone), the case of `RouteLog`. */
+function onlyRoutes(packet: BroadcastPacket): boolean {
+  return !packet.rooms?.length && !packet.users?.length && !packet.connections?.length;
+}
+
+/**
+ * A broadcast to whole routes: one append to each route's log, whatever the number of its
+ * connections; they get the log's bytes at the end of the turn (see `RouteLog`).
+ */
+function deliverToRouteLogs(
+  registry: WsConnectionRegistry,
+  packet: BroadcastPacket,
+  payload: Buffer,
+  binary: boolean,
+  skip: readonly string[] | undefined,
+): number {
+  const named = packet.routes ?? [];
+  const routes = isForEveryone(packet)
+    ? registry.names('route')
+    : named.length > 1
+      ? new Set(named)
+      : named;
+  let frame: Buffer | undefined;
+  let delivered = 0;
+  for (const route of routes) {
+    if (skip !== undefined && skip.includes(route)) continue;
+    const log = registry.routeLog(route);
+    if (log === undefined) {
+      for (const conn of registry.byRoute(route)) {
+        if (conn.readyState !== OPEN) continue;
+        frame ??= frameMessage(payload, binary);
+        if (conn.deliver(payload, binary, frame, false)) delivered++;
+      }
+      continue;
+    }
+    if (log.open === 0) continue;
+    frame ??= frameMessage(payload, binary);
+    delivered += log.append(frame, payload, binary, payload.length);
   }
   return delivered;
 }

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import { WebSocket } from 'ws';
 import { afterPoll, afterThisCode, PING_FRAME, writeFrames, type Batched } from './outbound.js';
+import type { RouteLog } from './route-log.js';
 import { peerCloseReceived, probeWsInternals, senderIdle, tcpSocketOf } from './ws-internals.js';
 
 type WriteCallback = (error?: Error | null) => void;
@@ -33,6 +34,8 @@ const PROBED = 4;
 /** `bits`: frames may go straight to the socket: probed, and no per-message deflate. */
 const DIRECT = 8;
 
+const OPEN = 1;
+
 /**
  * The `WebSocket` class of our `ws` servers (`new WebSocketServer({ WebSocket })`). It owns this
  * connection's write batch: the frames sent to it in one event-loop turn (replies, broadcasts,
@@ -57,6 +60,53 @@ export class RoutesWebSocket extends WebSocket implements Batched {
   private bits = 0;
   /** The connection this socket belongs to, once the handshake made one. */
   owner: SocketOwner | undefined = undefined;
+  /** @internal The log of its route's broadcasts, from the moment the connection is registered. */
+  log: RouteLog | undefined = undefined;
+  /** @internal How many frames of `log` this socket has taken (or must skip) in this turn. */
+  logFrom = 0;
+  /** `ws`'s `_readyState`, behind the accessor below. */
+  private state = 0;
+
+  /**
+   * `ws` keeps the state in `_readyState` and changes it in a dozen places (the peer's FIN, a
+   * reset, its own `close()`); this accessor sees every change. A socket that leaves `OPEN`
+   * first takes the rest of its route's log, as it would have had it been delivered at once,
+   * and its route counts one open connection less.
+   */
+  get _readyState(): number {
+    return this.state;
+  }
+  set _readyState(next: number) {
+    if (this.state === OPEN && next !== OPEN) {
+      const log = this.log;
+      if (log !== undefined) {
+        if (this.logFrom < log.length) {
+          log.fold(this);
+          this.flushBatch(false);
+        }
+        // A fold that closed the socket (slow consumer) has already counted it.
+        if (this.state === OPEN) log.leftOpen();
+      }
+    }
+    this.state = next;
+  }
+
+  /** Takes what the route's log holds for this socket into its own batch (see `RouteLog`). */
+  fold(): void {
+    const log = this.log;
+    if (log !== undefined && this.logFrom < log.length) log.fold(this);
+  }
+
+  /**
+   * @internal The TCP socket, if the route log's shared buffer may be written to it as it is:
+   * nothing else pending in this turn, no deflate, nothing held by `ws`'s sender, and no more
+   * than `limit` bytes buffered already.
+   */
+  sharedWriteTarget(limit: number): Socket | null {
+    if (this.pending !== null || (this.bits & (DIRECT | FRAGMENTING)) !== DIRECT) return null;
+    if (!senderIdle(this) || this.bufferedAmount > limit) return null;
+    return tcpSocketOf(this);
+  }
 
   /** @internal Called by `ws`'s server once the 101 is written. */
   setSocket(socket: Socket, head: Buffer, options: object): void {
@@ -97,6 +147,7 @@ export class RoutesWebSocket extends WebSocket implements Batched {
 
   /** The heartbeat's ping: it joins the batch when frames may, so a round costs no extra write. */
   queuePing(): void {
+    this.fold();
     if (this.takesFrames && !this.fragmenting) this.queueFrame(PING_FRAME, true);
     else super.ping();
   }
@@ -104,6 +155,7 @@ export class RoutesWebSocket extends WebSocket implements Batched {
   /** @internal Writes the batch now (`endOfTurn`: the schedule's call). */
   flushBatch(endOfTurn: boolean): void {
     if (endOfTurn) this.bits &= ~SCHEDULED;
+    this.fold();
     const parts = this.pending;
     if (parts === null || this.fragmenting) return;
     const total = this.pendingBytes;
@@ -179,6 +231,7 @@ export class RoutesWebSocket extends WebSocket implements Batched {
       this.fragmenting = false;
       this.pending = null;
       this.pendingBytes = 0;
+      if (this.log !== undefined) this.logFrom = this.log.length;
     } else {
       this.flushBatch(false);
     }

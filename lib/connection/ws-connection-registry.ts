@@ -6,6 +6,8 @@ import type { WsRoutesModuleOptions } from '../interfaces/ws-routes-module-optio
 import { WS_ROUTES_OPTIONS } from '../ws-routes.module-definition.js';
 import { defaultUserId, userKeyOf, type UserIdOf } from './user-key.js';
 import type { WsConnection } from './ws-connection.js';
+import type { RouteLog } from './route-log.js';
+import type { RoutesWebSocket } from './routes-websocket.js';
 
 const EMPTY: ReadonlySet<WsConnection> = new Set();
 
@@ -48,6 +50,8 @@ export class WsConnectionRegistry implements Iterable<WsConnection> {
   /** The user key of each connection that has one (most connections of a route have none). */
   private readonly userKeys = new Map<WsConnection, string>();
   private readonly userIdOf: UserIdOf;
+  /** Each route's log of the broadcasts of this turn (see `RouteLog`). */
+  private readonly logs = new Map<string, RouteLog>();
   private count = 0;
   private userIdFailed = false;
 
@@ -115,9 +119,20 @@ export class WsConnectionRegistry implements Iterable<WsConnection> {
     return this.indexOf(kind).keys();
   }
 
+  /** @internal The gateway's log for a route's broadcasts, one per route pattern. */
+  setRouteLog(pattern: string, log: RouteLog): void {
+    this.logs.set(pattern, log);
+  }
+
+  /** @internal The log that broadcasts to a route go to, if the route is served here. */
+  routeLog(pattern: string): RouteLog | undefined {
+    return this.logs.get(pattern);
+  }
+
   /** @internal */
   add(conn: WsConnection): void {
     this.addTo('route', this.routes, conn.route, conn);
+    this.logs.get(conn.route)?.admit(conn.socket as RoutesWebSocket);
     this.count++;
     this.identify(conn);
   }
@@ -125,6 +140,7 @@ export class WsConnectionRegistry implements Iterable<WsConnection> {
   /** @internal Removes the connection from the registry, its route, its rooms and its user. */
   remove(conn: WsConnection): void {
     if (!this.removeFrom('route', this.routes, conn.route, conn)) return;
+    this.logs.get(conn.route)?.release(conn.socket as RoutesWebSocket);
     this.count--;
     const id = conn.assignedId;
     if (id !== undefined) this.byId.delete(id);

@@ -273,6 +273,7 @@ export class WsConnection<TData extends object = Record<string, any>> implements
   /** Bytes queued for this connection that the kernel has not accepted yet. */
   get bufferedAmount(): number {
     const socket = this.socket as RoutesWebSocket;
+    socket.fold();
     return socket.bufferedAmount + socket.pendingBytes;
   }
 
@@ -332,6 +333,8 @@ export class WsConnection<TData extends object = Record<string, any>> implements
     volatile: boolean,
   ): boolean {
     const socket = this.socket as RoutesWebSocket;
+    // Broadcasts to the route earlier in this turn come first (see `RouteLog`).
+    socket.fold();
     const { outbound, events, metrics } = this.shared;
     const buffered = socket.bufferedAmount + socket.pendingBytes;
     if (buffered > outbound.lowWatermark) {
