@@ -241,7 +241,7 @@ export class WsRoutesGateway
       outbound: config.outbound,
       metrics,
     };
-    this.registry.setRouteLog(pattern, new RouteLog(shared, () => this.registry.byRoute(pattern)));
+    this.registry.setRouteLog(pattern, new RouteLog(shared));
     return {
       pattern,
       config,

@@ -104,7 +104,7 @@ function deliverToRouteLogs(
   for (const route of routes) {
     if (skip !== undefined && skip.includes(route)) continue;
     const log = registry.routeLog(route);
-    if (log === undefined) {
+    if (log === undefined || !log.usable) {
       for (const conn of registry.byRoute(route)) {
         if (conn.readyState !== OPEN) continue;
         frame ??= frameMessage(payload, binary);

@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import * as ws from 'ws';
+import { writeOut } from './direct-write.js';
 
 /** How a route treats connections that do not read fast enough. */
 export interface OutboundPolicy {
@@ -51,17 +52,18 @@ export function writeFrames(
   socket: Socket,
   parts: Buffer | Buffer[],
   total: number,
+  fd: number,
   callback: ((error?: Error | null) => void) | undefined,
 ): void {
   if (!Array.isArray(parts)) {
-    socket.write(parts, callback);
+    writeOut(socket, parts, fd, callback);
     return;
   }
   // A socket that keeps up (nothing left in its stream buffer) takes the copy at once and it
   // is freed; one that lags keeps references to the frames, which a broadcast shares between
   // all its sockets, instead of a copy each.
   if (total <= CONCAT_LIMIT && socket.writableLength === 0) {
-    socket.write(Buffer.concat(parts, total), callback);
+    writeOut(socket, Buffer.concat(parts, total), fd, callback);
     return;
   }
   socket.cork();

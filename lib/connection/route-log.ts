@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import { writeOut } from './direct-write.js';
 import { afterThisCode, type Batched } from './outbound.js';
 import type { ConnectionRoute, WsConnection } from './ws-connection.js';
 import type { RoutesWebSocket } from './routes-websocket.js';
@@ -35,14 +35,18 @@ export class RouteLog implements Batched {
   private frameBytes = 0;
   private payloadBytes = 0;
   private scheduled = false;
+  /**
+   * The sockets of the route's registered connections, packed (each knows its `logSlot`): the
+   * end of the turn walks this array, not the registry's set of connections, so it touches
+   * the socket objects only.
+   */
+  private readonly sockets: RoutesWebSocket[] = [];
   /** Admitted connections whose socket is `OPEN`: what a broadcast to the route reaches. */
   open = 0;
+  /** `false` once a socket could not be admitted (see `admit`): broadcasts go around the log. */
+  usable = true;
 
-  constructor(
-    private readonly route: ConnectionRoute,
-    /** The route's connections now (the registry's live set). */
-    private readonly members: () => Iterable<WsConnection>,
-  ) {}
+  constructor(private readonly route: ConnectionRoute) {}
 
   /** Frames in the log: a socket with `logFrom` below this has some to take. */
   get length(): number {
@@ -69,8 +73,17 @@ export class RouteLog implements Batched {
 
   /** @internal The connection just joined the route: it gets what is broadcast from now on. */
   admit(socket: RoutesWebSocket): void {
+    if (socket.log !== undefined) return;
+    if (Object.hasOwn(socket, '_readyState')) {
+      // A `ws` that keeps its state in a field of its own hides the accessor that folds and
+      // counts: this route's broadcasts go connection by connection.
+      this.usable = false;
+      return;
+    }
     socket.log = this;
     socket.logFrom = this.frames.length;
+    socket.logSlot = this.sockets.length;
+    this.sockets.push(socket);
     if (socket.readyState === OPEN) this.open++;
   }
 
@@ -78,6 +91,12 @@ export class RouteLog implements Batched {
   release(socket: RoutesWebSocket): void {
     if (socket.log !== this) return;
     if (socket.readyState === OPEN) this.open--;
+    const { sockets } = this;
+    const last = sockets.pop()!;
+    if (last !== socket) {
+      sockets[socket.logSlot] = last;
+      last.logSlot = socket.logSlot;
+    }
     socket.log = undefined;
     socket.logFrom = 0;
   }
@@ -112,30 +131,28 @@ export class RouteLog implements Batched {
     const total = this.frameBytes;
     const shared = count === 1 ? frames[0] : Buffer.concat(frames, total);
     const { outbound, events, metrics } = this.route;
+    const watchesDrain = events?.watchesDrain ?? false;
     // A connection that keeps up takes the whole log in one write of the shared buffer; one
     // the log would take over its low watermark (when `@OnDrain` is watched) or over its cap
     // is judged message by message, as a delivery each.
-    const limit =
-      (events?.watchesDrain ? outbound.lowWatermark : outbound.maxBufferedAmount) - total;
+    const limit = (watchesDrain ? outbound.lowWatermark : outbound.maxBufferedAmount) - total;
+    const { sockets } = this;
     let whole = 0;
-    for (const conn of this.members()) {
-      const socket = conn.socket as RoutesWebSocket;
+    // A fold can close a socket, never remove it from this array (that waits for its `close`
+    // event): the array does not change under the loop.
+    for (let i = 0; i < sockets.length; i++) {
+      const socket = sockets[i];
       const from = socket.logFrom;
-      if (from >= count) {
-        socket.logFrom = 0;
-        continue;
-      }
-      if (socket.readyState !== OPEN) {
-        socket.logFrom = 0;
-        continue;
-      }
+      socket.logFrom = 0;
+      if (from >= count || socket.readyState !== OPEN) continue;
       const raw = from === 0 ? socket.sharedWriteTarget(limit) : null;
       if (raw !== null) {
-        socket.logFrom = 0;
-        if (raw.writable) writeShared(raw, shared, conn.drainWatch);
+        const drainWatch = watchesDrain ? socket.owner?.drainWatch : undefined;
+        writeOut(raw, shared, socket.fd, drainWatch);
         whole++;
         continue;
       }
+      socket.logFrom = from;
       this.fold(socket);
       socket.logFrom = 0;
       socket.flushBatch(false);
@@ -150,13 +167,4 @@ export class RouteLog implements Batched {
     this.frameBytes = 0;
     this.payloadBytes = 0;
   }
-}
-
-function writeShared(
-  raw: Socket,
-  shared: Buffer,
-  callback: ((error?: Error | null) => void) | undefined,
-): void {
-  if (callback === undefined) raw.write(shared);
-  else raw.write(shared, callback);
 }

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import { WebSocket } from 'ws';
 import { afterPoll, afterThisCode, PING_FRAME, writeFrames, type Batched } from './outbound.js';
+import { directFd } from './direct-write.js';
 import type { RouteLog } from './route-log.js';
 import { peerCloseReceived, probeWsInternals, senderIdle, tcpSocketOf } from './ws-internals.js';
 
@@ -33,6 +34,8 @@ const FRAGMENTING = 2;
 const PROBED = 4;
 /** `bits`: frames may go straight to the socket: probed, and no per-message deflate. */
 const DIRECT = 8;
+/** `bits`: a Blob went through the escape hatch: `ws`'s sender may be busy reading one. */
+const BLOB_SENT = 16;
 
 const OPEN = 1;
 
@@ -64,6 +67,10 @@ export class RoutesWebSocket extends WebSocket implements Batched {
   log: RouteLog | undefined = undefined;
   /** @internal How many frames of `log` this socket has taken (or must skip) in this turn. */
   logFrom = 0;
+  /** @internal Where the log keeps this socket. */
+  logSlot = 0;
+  /** @internal The descriptor batches may be written to with `write(2)` (see `direct-write.ts`). */
+  fd = -1;
   /** `ws`'s `_readyState`, behind the accessor below. */
   private state = 0;
 
@@ -99,13 +106,17 @@ export class RoutesWebSocket extends WebSocket implements Batched {
 
   /**
    * @internal The TCP socket, if the route log's shared buffer may be written to it as it is:
-   * nothing else pending in this turn, no deflate, nothing held by `ws`'s sender, and no more
+   * nothing else pending in this turn, no deflate, nothing held by `ws`'s sender (which, without
+   * deflate, only a Blob sent through the escape hatch can keep busy), writable, and no more
    * than `limit` bytes buffered already.
    */
   sharedWriteTarget(limit: number): Socket | null {
-    if (this.pending !== null || (this.bits & (DIRECT | FRAGMENTING)) !== DIRECT) return null;
-    if (!senderIdle(this) || this.bufferedAmount > limit) return null;
-    return tcpSocketOf(this);
+    const bits = this.bits;
+    if (this.pending !== null || (bits & (DIRECT | FRAGMENTING)) !== DIRECT) return null;
+    if ((bits & BLOB_SENT) !== 0 && !senderIdle(this)) return null;
+    const raw = tcpSocketOf(this);
+    if (raw === null || !raw.writable || raw.writableLength > limit) return null;
+    return raw;
   }
 
   /** @internal Called by `ws`'s server once the 101 is written. */
@@ -113,6 +124,7 @@ export class RoutesWebSocket extends WebSocket implements Batched {
     (WebSocket.prototype as unknown as SetSocket).setSocket.call(this, socket, head, options);
     if (probeWsInternals(this))
       this.bits |= this.extensions.includes('permessage-deflate') ? PROBED : PROBED | DIRECT;
+    if ((this.bits & DIRECT) !== 0) this.fd = directFd(socket);
   }
 
   private get fragmenting(): boolean {
@@ -162,7 +174,7 @@ export class RoutesWebSocket extends WebSocket implements Batched {
     this.pending = null;
     this.pendingBytes = 0;
     const raw = tcpSocketOf(this);
-    if (raw && raw.writable) writeFrames(raw, parts, total, this.owner?.drainWatch);
+    if (raw && raw.writable) writeFrames(raw, parts, total, this.fd, this.owner?.drainWatch);
   }
 
   /** `ws.send()` after the batch: for what `ws` must frame itself. */
@@ -175,6 +187,7 @@ export class RoutesWebSocket extends WebSocket implements Batched {
     if (typeof options === 'function') [options, callback] = [{}, options];
     const send = super.send as (data: unknown, options: unknown, callback: unknown) => void;
     const fin = (options as { fin?: boolean } | undefined)?.fin !== false;
+    if (data instanceof Blob) this.bits |= BLOB_SENT;
     const wasFragmenting = this.fragmenting;
     if (!wasFragmenting) this.flushBatch(false);
     if (wasFragmenting && fin && (this.bits & DIRECT) === 0) {
@@ -195,11 +208,13 @@ export class RoutesWebSocket extends WebSocket implements Batched {
   }
 
   override ping(data?: unknown, mask?: boolean, callback?: (error: Error) => void): void {
+    if (data instanceof Blob) this.bits |= BLOB_SENT;
     this.flushBatch(false);
     super.ping(data, mask, callback);
   }
 
   override pong(data?: unknown, mask?: boolean, callback?: (error: Error) => void): void {
+    if (data instanceof Blob) this.bits |= BLOB_SENT;
     this.flushBatch(false);
     super.pong(data, mask, callback);
   }
