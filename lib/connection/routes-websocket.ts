@@ -164,8 +164,11 @@ export class RoutesWebSocket extends WebSocket implements Batched {
     else super.ping();
   }
 
-  /** @internal Writes the batch now (`endOfTurn`: the schedule's call). */
-  flushBatch(endOfTurn: boolean): void {
+  /**
+   * @internal Writes the batch now (`endOfTurn`: the schedule's call); `fd` -1 keeps it in the
+   * stream (corked with what follows).
+   */
+  flushBatch(endOfTurn: boolean, fd: number = this.fd): void {
     if (endOfTurn) this.bits &= ~SCHEDULED;
     this.fold();
     const parts = this.pending;
@@ -174,7 +177,7 @@ export class RoutesWebSocket extends WebSocket implements Batched {
     this.pending = null;
     this.pendingBytes = 0;
     const raw = tcpSocketOf(this);
-    if (raw && raw.writable) writeFrames(raw, parts, total, this.fd, this.owner?.drainWatch);
+    if (raw && raw.writable) writeFrames(raw, parts, total, fd, this.owner?.drainWatch);
   }
 
   /** `ws.send()` after the batch: for what `ws` must frame itself. */
@@ -209,14 +212,34 @@ export class RoutesWebSocket extends WebSocket implements Batched {
 
   override ping(data?: unknown, mask?: boolean, callback?: (error: Error) => void): void {
     if (data instanceof Blob) this.bits |= BLOB_SENT;
-    this.flushBatch(false);
-    super.ping(data, mask, callback);
+    this.afterBatch(() => super.ping(data, mask, callback));
   }
 
+  /** `ws` answers the peer's pings through this too (`autoPong`). */
   override pong(data?: unknown, mask?: boolean, callback?: (error: Error) => void): void {
     if (data instanceof Blob) this.bits |= BLOB_SENT;
-    this.flushBatch(false);
-    super.pong(data, mask, callback);
+    this.afterBatch(() => super.pong(data, mask, callback));
+  }
+
+  /**
+   * Runs `write` (`ws` writing a control frame itself) right after the batch, both in one
+   * corked write: a ping, a pong or a close costs no write of its own when a batch is
+   * pending. Inside a fragmented message the batch waits and the control frame goes alone.
+   */
+  private afterBatch(write: () => void): void {
+    this.fold();
+    const raw = tcpSocketOf(this);
+    if (this.pending === null || this.fragmenting || raw === null || !raw.writable) {
+      write();
+      return;
+    }
+    raw.cork();
+    try {
+      this.flushBatch(false, -1);
+      write();
+    } finally {
+      raw.uncork();
+    }
   }
 
   override close(code?: number, reason?: string | Buffer): void {
@@ -232,8 +255,12 @@ export class RoutesWebSocket extends WebSocket implements Batched {
 
   /** Writes the batch, then starts (or answers) the closing handshake. */
   closeNow(code?: number, reason?: string | Buffer): void {
-    this.lastWrite();
-    super.close(code, reason);
+    if (this.fragmenting) {
+      this.lastWrite();
+      super.close(code, reason);
+    } else {
+      this.afterBatch(() => super.close(code, reason));
+    }
   }
 
   /**
