@@ -99,7 +99,10 @@ export class BroadcastOperator {
    *
    * This instance's connections get it at once; the transport carries it to the other
    * instances without this call waiting for the network. Returns how many connections of
-   * **this instance** it was written to (other instances count their own).
+   * **this instance** it was written to (other instances count their own). A broadcast to
+   * whole routes (or everyone) without `except` or `volatile` is written at the end of the
+   * turn, and counts every open connection of those routes, one that `slowConsumer: 'drop'`
+   * skips then included.
    */
   send(message: unknown, options?: WsSendOptions): number {
     const { payload, binary } = encodeMessage(message, options?.binary);

@@ -154,8 +154,9 @@ export class RouteLog implements Batched {
       }
       socket.logFrom = from;
       this.fold(socket);
-      socket.logFrom = 0;
+      // Its flush folds first: `logFrom` must still say the log is taken.
       socket.flushBatch(false);
+      socket.logFrom = 0;
     }
     if (metrics !== undefined && whole > 0) {
       metrics.messagesSent += whole * count;
