@@ -129,7 +129,8 @@ export class RouteLog implements Batched {
     const count = frames.length;
     if (count === 0) return;
     const total = this.frameBytes;
-    const shared = count === 1 ? frames[0] : Buffer.concat(frames, total);
+    // Made for the first connection that takes it: a log larger than the cap has none.
+    let shared: Buffer | undefined;
     const { outbound, events, metrics } = this.route;
     const watchesDrain = events?.watchesDrain ?? false;
     // A connection that keeps up takes the whole log in one write of the shared buffer; one
@@ -145,9 +146,10 @@ export class RouteLog implements Batched {
       const from = socket.logFrom;
       socket.logFrom = 0;
       if (from >= count || socket.readyState !== OPEN) continue;
-      const raw = from === 0 ? socket.sharedWriteTarget(limit) : null;
+      const raw = from === 0 && limit >= 0 ? socket.sharedWriteTarget(limit) : null;
       if (raw !== null) {
         const drainWatch = watchesDrain ? socket.owner?.drainWatch : undefined;
+        shared ??= count === 1 ? frames[0] : Buffer.concat(frames, total);
         writeOut(raw, shared, socket.fd, drainWatch);
         whole++;
         continue;
