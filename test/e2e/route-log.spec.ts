@@ -357,7 +357,7 @@ class Recorder {
   }
 
   /** Resolves once `label` has arrived (now or before); rejects after `timeout` ms. */
-  waitFor(label: string, timeout = 5000): Promise<void> {
+  waitFor(label: string, timeout = 3000): Promise<void> {
     if (this.seen.includes(label)) return Promise.resolve();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -520,6 +520,9 @@ function randomPlan(
         break;
       case 'buffered':
         plan.push({ k: 'buffered', to: pick(names) });
+        break;
+      case 'turn':
+        plan.push({ k: 'turn' });
         break;
       default:
         throw new Error(`randomPlan does not draw ${kind}`);
@@ -770,6 +773,26 @@ describe('route log', () => {
           rooms: ['r', 's'],
         });
         await check(recorders, clients, 'm0', plan);
+      },
+    );
+
+    it.each(SEEDS.slice(0, 2))(
+      'the same, over turn after turn (seed %s): what a turn leaves behind does not leak into the next',
+      async (seed) => {
+        const recorders = await session(clients);
+        // About ten turns: each starts with an empty log, and some with a reply before it.
+        const plan = randomPlan(
+          seed,
+          300,
+          clients,
+          { ...weights, turn: 5 },
+          {
+            routes: ['/mix', '/other'],
+            rooms: ['r', 's'],
+          },
+        );
+        expect(plan.filter((op) => op.k === 'turn').length).toBeGreaterThanOrEqual(5);
+        await check(recorders, clients, 'm1', plan);
       },
     );
   });
@@ -1048,6 +1071,34 @@ describe('route log', () => {
         await f.waitFor('still');
       },
     );
+
+    it.each([
+      ['/mix', false],
+      ['/zip', true],
+    ])(
+      '%s (deflate %s): a turn with only route broadcasts while the message is open: they wait for its end',
+      async (route, deflate) => {
+        const clients: Client[] = [
+          { name: 'f', route, deflate },
+          { name: 'g', route },
+        ];
+        const recorders = await session(clients);
+        const m = (id: number): Msg => ({ id, size: 5, binary: false });
+        // The middle turn has nothing for `f` but the log: it must not take the shared write.
+        const plan: Op[] = [
+          { k: 'fragment', to: 'f', text: 'a', fin: false },
+          { k: 'turn' },
+          { k: 'route', routes: [route], m: m(1) },
+          { k: 'route', routes: [route], m: m(2) },
+          { k: 'turn' },
+          { k: 'fragment', to: 'f', text: 'b', fin: true },
+          { k: 'all', m: m(3) },
+        ];
+        await check(recorders, clients, 'g', plan);
+        expect(recorders.get('f')!.seen).toEqual(['ab', 't1', 't2', 't3']);
+        expect(recorders.get('f')!.socket.readyState).toBe(WebSocket.OPEN);
+      },
+    );
   });
 
   describe("send()'s count", () => {
@@ -1296,6 +1347,30 @@ describe('route log at the outbound cap', () => {
       // Once each: the slow one when it caught up, never the readers (they stayed below it).
       expect(Object.fromEntries(journal.drains)).toEqual({ slow: 1 });
       expect(slowConn.readyState).toBe(WsConnection.OPEN);
+
+      // Everybody keeps up now. 64 frames fill the cap exactly: over the low watermark, so the
+      // old rule armed @OnDrain for each connection, and fired it once the write was taken.
+      const registry = t.app.get(WsConnectionRegistry);
+      await eventually(() => [...registry.byRoute('/slow')].every((c) => c.bufferedAmount === 0));
+      for (const reader of readers) reader.seen.length = 0;
+      const slowBefore = parseFrames(slow.received.subarray(slow.frameStart)).frames.length;
+      const second = Array.from({ length: CAP / BURST_FRAME }, (_, i) => 100 + i);
+      for (const id of second)
+        broadcaster(t)
+          .toRoute('/slow')
+          .send(binaryPayload(id, BURST_PAYLOAD - 4));
+      await eventually(() => journal.drains.size === 4 && journal.drains.get('slow') === 2, 5000);
+      await delay(100);
+      expect(Object.fromEntries(journal.drains)).toEqual({ slow: 2, r0: 1, r1: 1, r2: 1 });
+      for (const reader of readers) {
+        await reader.waitFor(`b${second.at(-1)}`);
+        expect(reader.seen).toEqual(second.map((id) => `b${id}`));
+      }
+      const slowAfter = parseFrames(slow.received.subarray(slow.frameStart)).frames.slice(
+        slowBefore,
+      );
+      expect(slowAfter.map((f) => labelOf(f.payload, true))).toEqual(second.map((id) => `b${id}`));
+      expect(slowConn.droppedMessages).toBe(BURST - accepted);
     } finally {
       for (const reader of readers) reader.socket.terminate();
       slow.destroy();
@@ -1355,7 +1430,7 @@ function broadcaster(t: TestApp): BroadcastService {
 // Heartbeat during a burst
 
 @WsRoute('/beat', {
-  heartbeat: { interval: 150, timeout: 150 },
+  heartbeat: { interval: 200, timeout: 200 },
   rateLimit: false,
   maxBufferedAmount: 16 * MiB,
   lowWatermark: 4 * MiB,
@@ -1379,7 +1454,7 @@ describe('route log and the heartbeat', () => {
       const started = Date.now();
       let id = 0;
       const counts = new Set<number>();
-      // Bursts in turn after turn for 1.5 s: ten heartbeat rounds.
+      // Bursts in turn after turn for 1.5 s: seven heartbeat rounds.
       for (let turn = 0; turn < 3000 && Date.now() - started < 1500; turn++) {
         for (let i = 0; i < 20; i++) {
           const m: Msg = { id: id++, size: Math.floor(random() * 200), binary: random() < 0.5 };
@@ -1498,7 +1573,10 @@ function chaosClient(
         tcp.destroy();
         break;
     }
-    await Promise.race([closed, delay(3000)]);
+    // Closed by now, or made to: a timer that outlives the case would hold the runner.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([closed, new Promise((resolve) => (timer = setTimeout(resolve, 3000)))]);
+    clearTimeout(timer);
     socket.terminate();
   })();
   return client;
