@@ -706,18 +706,16 @@ describe('route log', () => {
     return expected;
   }
 
-  // DEFECT: RouteLog.flushBatch (lib/connection/route-log.ts, the fold branch at the end of the
-  // turn) folds the connection's rest of the log, then sets `socket.logFrom = 0` and calls
-  // `socket.flushBatch(false)`, whose own `fold()` sees `logFrom` (0) below the log's length and
-  // folds the whole log again, from its first frame, leaving `logFrom` at the log's length.
-  // Every connection that does not take the shared write (one that had any other write in the
-  // turn: a reply, a room or direct broadcast, a ping...; every per-message-deflate connection;
-  // one over its low watermark; one registered in the middle of the turn) therefore gets the
-  // turn's route broadcasts twice (one registered mid-turn also gets those sent before it
-  // existed), and then loses as many route broadcasts of the next turn that has some (they are
-  // taken as already delivered). Resetting `logFrom` after the flush
-  // (`this.fold(socket); socket.flushBatch(false); socket.logFrom = 0;`) fixes both; with that
-  // one-line change every case of this file passes. Fails at 91d451d.
+  // DEFECT (found at 91d451d, where this case and 21 others fail; fixed on main by b8e6926):
+  // RouteLog.flushBatch, in its fold branch at the end of the turn, folded the connection's rest
+  // of the log, then set `socket.logFrom = 0` and called `socket.flushBatch(false)`, whose own
+  // `fold()` saw `logFrom` (0) below the log's length and folded the whole log again, from its
+  // first frame, leaving `logFrom` at the log's length. Every connection that does not take the
+  // shared write (one that had any other write in the turn: a reply, a room or direct
+  // broadcast, a ping...; every per-message-deflate connection; one over its low watermark; one
+  // registered in the middle of the turn) got the turn's route broadcasts twice (one registered
+  // mid-turn also those sent before it existed), then lost as many route broadcasts of the next
+  // turn that had some (taken as delivered already).
   it('a connection with another write in the turn, and a deflate connection, get each route broadcast once', async () => {
     const clients: Client[] = [
       { name: 'a', route: '/zip' },
@@ -1169,6 +1167,47 @@ describe('route log', () => {
       expect(mix().send('n10')).toBe(1);
       await late.waitFor('n10');
     });
+  });
+
+  it('route broadcasts sent while a large one is still queued for a client go after it, byte for byte', async () => {
+    const recorders = await session([
+      { name: 'k0', route: '/mix' },
+      { name: 'k1', route: '/mix' },
+    ]);
+    const sent: string[] = [];
+    let next = 0;
+    const send = (size: number) => {
+      const id = next++;
+      expect(broadcast.toRoute('/mix').send(binaryPayload(id, size))).toBe(2);
+      sent.push(`b${id}`);
+    };
+    // Large messages, one turn each: the kernel takes part of each write, the stream the rest.
+    for (let i = 0; i < 3; i++) {
+      send(2 * MiB);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    // Each time the client reads a chunk, the kernel has room again while the stream may still
+    // hold the rest of a large message: a small broadcast then must queue behind that rest.
+    const k0 = recorders.get('k0')!;
+    let triggers = 0;
+    const onData = () => {
+      if (triggers++ < 60) send(16);
+    };
+    k0.tcp.on('data', onData);
+    await k0.waitFor('b2', 5000);
+    k0.tcp.off('data', onData);
+    send(1);
+    const last = sent.at(-1)!;
+    for (const recorder of recorders.values()) await recorder.waitFor(last, 5000);
+    await delay(50);
+    expect(triggers).toBeGreaterThan(5);
+    for (const recorder of recorders.values()) {
+      expect(recorder.errors).toEqual([]);
+      expect({ name: recorder.name, seen: recorder.seen }).toEqual({
+        name: recorder.name,
+        seen: sent,
+      });
+    }
   });
 
   it('conn.bufferedAmount read in the turn counts the route broadcasts sent before it', async () => {
