@@ -141,6 +141,8 @@ async function warmUp(clients: Child[], config: Config, processes: ProcessOption
     n: Math.min(config.n, 1000),
     messages: Math.min(config.messages, 50),
     rounds: 1,
+    // The fan-out warms the tick path whatever is measured; rooms only when they will be.
+    scenarios: ['fanout', ...config.scenarios.filter((s) => s === 'rooms')],
     // As many members per room as the measured run.
     roomCount: Math.max(1, Math.round((config.roomCount * Math.min(config.n, 1000)) / config.n)),
     roomRepeats: Math.min(config.roomRepeats, 5),
