@@ -372,7 +372,7 @@ function roomTable(config: Config, fanout: FanoutVariantResult[]): string[] {
   return [
     `### Room broadcast: ${fmt(config.roomCount, 0)} rooms of ${fmt(members, members % 1 ? 1 : 0)} members, ${config.roomRepeats} turns × ${config.roomMessages} broadcasts of ${messageBytes} B JSON to random rooms (median of ${config.rounds} round${config.rounds > 1 ? 's' : ''})`,
     '',
-    `On each variant's ${fmt(config.n, 0)} connections (after its fan-out rounds), connection k joins \`room-(k mod ${config.roomCount})\`. Each event-loop turn sends ${config.roomMessages} broadcasts to rooms drawn from a seeded PRNG (the same sequence for every variant) in one synchronous loop${deliveries ? `: ${fmt(deliveries, 0)} deliveries per round` : ''}. End-to-end, CPU and latency as in the fan-out.${skipped.length ? ` Not run (no rooms): ${skipped.join(', ')}.` : ''}`,
+    `On each variant's ${fmt(config.n, 0)} connections${config.scenarios.includes('fanout') ? ' (after its fan-out rounds)' : ''}, connection k joins \`room-(k mod ${config.roomCount})\`. Each event-loop turn sends ${config.roomMessages} broadcasts to rooms drawn from a seeded PRNG (the same sequence for every variant) in one synchronous loop${deliveries ? `: ${fmt(deliveries, 0)} deliveries per round` : ''}. End-to-end, CPU and latency as in the fan-out.${skipped.length ? ` Not run (no rooms): ${skipped.join(', ')}.` : ''}`,
     '',
     table(
       [
