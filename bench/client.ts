@@ -6,6 +6,9 @@
  * - `fanout-expect` arms the counters for `count` messages per connection and pushes a
  *   `fanout-done` event (last receive time, latency histogram) when every one has arrived;
  *   latency = receive time − the send time the server put in the message;
+ * - `room-join` sends `{"event":"join","data":"room-<(offset + j) % roomCount>"}` on every
+ *   open connection j; `room-expect` arms the same counters for a list of room broadcasts
+ *   (each connection expects one message per broadcast to its room), `fanout-done` again;
  * - `echo-start` / `echo-mark` / `echo-stop`: a closed loop, one request in flight per
  *   connection, round-trip times in a histogram;
  * - `close-all`, and `soak` (connect, join rooms, receive, disconnect, for a fixed time).
@@ -20,6 +23,8 @@ type Kind = 'ws' | 'socketio';
 interface Conn {
   send(text: string, data: string): void;
   terminate(): void;
+  /** A connection that never opened (its slot is kept: indices are fixed). */
+  failed?: true;
 }
 
 const conns: Conn[] = [];
@@ -35,6 +40,9 @@ function noteError(text: string): void {
 const fanout = {
   armed: false,
   perConn: new Int32Array(0),
+  /** Messages each connection must get: `uniform` for all, or one count each (rooms). */
+  uniform: 0,
+  perConnExpected: undefined as Int32Array | undefined,
   expected: 0,
   received: 0,
   firstRecv: 0,
@@ -58,9 +66,12 @@ function onTick(index: number, sentAt: number): void {
 function fanoutReport() {
   let min = Infinity;
   let max = 0;
-  for (const count of fanout.perConn) {
+  let short = 0;
+  for (let i = 0; i < fanout.perConn.length; i++) {
+    const count = fanout.perConn[i];
     if (count < min) min = count;
     if (count > max) max = count;
+    if (count < (fanout.perConnExpected?.[i] ?? fanout.uniform)) short++;
   }
   return {
     received: fanout.received,
@@ -69,8 +80,21 @@ function fanoutReport() {
     lastRecv: fanout.lastRecv,
     perConnMin: conns.length ? min : 0,
     perConnMax: max,
+    /** Connections that got fewer messages than they expect. */
+    short,
     histogram: fanout.histogram.data(),
   };
+}
+
+function arm(expected: number, uniform: number, perConnExpected: Int32Array | undefined): void {
+  fanout.perConn = new Int32Array(conns.length);
+  fanout.uniform = uniform;
+  fanout.perConnExpected = perConnExpected;
+  fanout.expected = expected;
+  fanout.received = 0;
+  fanout.firstRecv = fanout.lastRecv = 0;
+  fanout.histogram.reset();
+  fanout.armed = fanout.expected > 0;
 }
 
 // ---- echo ----------------------------------------------------------------------------------
@@ -98,6 +122,38 @@ function sendEcho(index: number): void {
   echo.sentAt[index] = now();
   echo.inFlight++;
   conns[index].send(echo.text, echo.data);
+}
+
+// ---- rooms --------------------------------------------------------------------------------
+/** The room index each connection joined, -1 for none. */
+let roomOf = new Int32Array(0);
+
+function roomJoin({ offset, roomCount }: { offset: number; roomCount: number }) {
+  roomOf = new Int32Array(conns.length).fill(-1);
+  let sent = 0;
+  for (let j = 0; j < conns.length; j++) {
+    if (conns[j].failed) continue;
+    const room = (offset + j) % roomCount;
+    conns[j].send(`{"event":"join","data":"room-${room}"}`, `room-${room}`);
+    roomOf[j] = room;
+    sent++;
+  }
+  return { sent };
+}
+
+/** Arms the counters for one broadcast to each of `rooms` (room indices, repeats allowed). */
+function roomExpect({ rooms, roomCount }: { rooms: Int32Array; roomCount: number }) {
+  const perRoom = new Int32Array(roomCount);
+  for (const room of rooms) perRoom[room]++;
+  const expected = new Int32Array(conns.length);
+  let total = 0;
+  for (let j = 0; j < conns.length; j++) {
+    if (roomOf[j] < 0) continue;
+    expected[j] = perRoom[roomOf[j]];
+    total += expected[j];
+  }
+  arm(total, 0, expected);
+  return { expected: total };
 }
 
 // ---- connections ---------------------------------------------------------------------------
@@ -186,7 +242,7 @@ async function connect({
         const conn = await (kind === 'ws' ? openWs : openSocketIo)(url, index, timeoutMs);
         conns[index] = conn;
       } catch (error) {
-        conns[index] = { send: () => undefined, terminate: () => undefined };
+        conns[index] = { send: () => undefined, terminate: () => undefined, failed: true };
         failed++;
         noteError(`connect: ${errorText(error)}`);
       }
@@ -336,14 +392,11 @@ function soak(options: SoakOptions) {
 serveRequests({
   connect,
   'fanout-expect': ({ count }: { count: number }) => {
-    fanout.perConn = new Int32Array(conns.length);
-    fanout.expected = conns.length * count;
-    fanout.received = 0;
-    fanout.firstRecv = fanout.lastRecv = 0;
-    fanout.histogram.reset();
-    fanout.armed = fanout.expected > 0;
+    arm(conns.length * count, count, undefined);
     return { expected: fanout.expected };
   },
+  'room-join': roomJoin,
+  'room-expect': roomExpect,
   'fanout-status': () => ({ ...fanoutReport(), armed: fanout.armed }),
   'fanout-disarm': () => {
     fanout.armed = false;
@@ -374,6 +427,7 @@ serveRequests({
     closingAll = true;
     for (const conn of conns) conn.terminate();
     conns.length = 0;
+    roomOf = new Int32Array(0);
     const report = { unexpectedCloses, errors: Object.fromEntries(errors) };
     unexpectedCloses = 0;
     errors.clear();

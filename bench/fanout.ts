@@ -1,30 +1,27 @@
 /**
  * Per variant, on one fresh server process and the shared load processes:
  * connect N (accept rate, server CPU per accept) → idle memory per connection after GC →
- * `rounds` × (paced fan-out, burst fan-out) → memory after traffic → disconnect.
+ * `rounds` × (paced fan-out, burst fan-out) (scenario `fanout`) → joins and `rounds` room
+ * broadcast rounds on the same connections (scenario `rooms`, bench/rooms.ts) → memory after
+ * traffic → disconnect.
  */
-import { errorText, Histogram, median, sleep, withTimeout } from './lib/common.js';
-import type { Config } from './lib/config.js';
+import { errorText, sleep } from './lib/common.js';
+import { ROOM_VARIANTS, type Config } from './lib/config.js';
 import { cpuMonitor, CpuMonitor } from './lib/cpu-monitor.js';
 import type { Child } from './lib/ipc.js';
 import { shares, startServer, type ProcessOptions, type ServerHandle } from './lib/processes.js';
+import {
+  cpuMs,
+  deliveryRound,
+  summarize,
+  type DeliveryRound,
+  type FanoutSummary,
+  type SendResult,
+  type ServerStats,
+} from './delivery.js';
+import { runRooms, type RoomsResult } from './rooms.js';
 
-export interface CpuUsage {
-  user: number;
-  system: number;
-}
-
-export interface ServerStats {
-  time: number;
-  cpu: CpuUsage;
-  memory: NodeJS.MemoryUsage;
-  gc: boolean;
-  connections: number;
-  logged: { error: number; warn: number; first: string[] };
-}
-
-export const cpuMs = (from: CpuUsage, to: CpuUsage) =>
-  (to.user - from.user + to.system - from.system) / 1000;
+export { cpuMs, type CpuUsage, type FanoutSummary, type ServerStats } from './delivery.js';
 
 export interface ConnectResult {
   requested: number;
@@ -37,35 +34,9 @@ export interface ConnectResult {
   errors: Record<string, number>;
 }
 
-export interface FanoutRound {
+export interface FanoutRound extends DeliveryRound {
   mode: 'paced' | 'burst';
   round: number;
-  status: 'ok' | 'timeout' | 'error';
-  detail?: string;
-  connections: number;
-  deliveries: number;
-  delivered: number;
-  messageBytes: number;
-  /** Server's first send → last receive of the last client. */
-  endToEndMs: number;
-  /** Time the server spent in its send loop(s). */
-  sendLoopMs: number;
-  serverCpuMs: number;
-  serverCpuUsPerDelivery: number;
-  deliveriesPerSecond: number;
-  p50Ms: number;
-  p99Ms: number;
-  maxMs: number;
-  negativeLatencies: number;
-}
-
-export interface FanoutSummary {
-  status: 'ok' | 'timeout' | 'error';
-  endToEndMs: number;
-  serverCpuUsPerDelivery: number;
-  deliveriesPerSecond: number;
-  p50Ms: number;
-  p99Ms: number;
 }
 
 export interface FanoutVariantResult {
@@ -86,6 +57,8 @@ export interface FanoutVariantResult {
   rounds: FanoutRound[];
   paced?: FanoutSummary;
   burst?: FanoutSummary;
+  /** The room broadcast scenario, on the same connections after the fan-out rounds. */
+  rooms?: RoomsResult;
   logged?: ServerStats['logged'];
   clientErrors?: Record<string, number>;
   stderr: string[];
@@ -148,113 +121,26 @@ export async function closeAll(server: ServerHandle | undefined, clients: Child[
   return errors;
 }
 
-async function fanoutRound(
+function fanoutRound(
   server: ServerHandle,
   clients: Child[],
   config: Config,
   mode: 'paced' | 'burst',
   round: number,
 ): Promise<FanoutRound> {
-  // A clean heap for every round, the same for every variant.
-  await server.child.call('stats', { gc: true });
-  const armed = await Promise.all(
-    clients.map((c) => c.call('fanout-expect', { count: config.messages })),
-  );
-  const waiting = clients
-    .filter((_, i) => armed[i].expected > 0)
-    .map((c) => c.next('fanout-done', config.fanoutTimeoutMs));
-  const deliveries = armed.reduce((sum, a) => sum + a.expected, 0);
-  const base: FanoutRound = {
-    mode,
-    round,
-    status: 'ok',
-    connections: 0,
-    deliveries,
-    delivered: 0,
-    messageBytes: 0,
-    endToEndMs: NaN,
-    sendLoopMs: NaN,
-    serverCpuMs: NaN,
-    serverCpuUsPerDelivery: NaN,
-    deliveriesPerSecond: NaN,
-    p50Ms: NaN,
-    p99Ms: NaN,
-    maxMs: NaN,
-    negativeLatencies: 0,
-  };
-  let sent: any;
-  try {
-    sent = await server.child.call(
-      'broadcast',
-      { mode, count: config.messages, bytes: config.bytes },
-      config.fanoutTimeoutMs,
-    );
-    base.connections = sent.connections;
-    base.messageBytes = sent.size;
-    base.sendLoopMs = sent.lastSend - sent.firstSend;
-    const done = await withTimeout(
-      Promise.all(waiting),
-      config.fanoutTimeoutMs,
-      `${mode} fan-out of ${server.variant}`,
-    );
-    const end = await server.child.call<ServerStats>('stats', { gc: false });
-    const histogram = Histogram.from(done.map((d) => d.histogram));
-    const endToEndMs = Math.max(...done.map((d) => d.lastRecv)) - sent.firstSend;
-    const serverCpuMs = cpuMs(sent.cpuStart, end.cpu);
-    return {
-      ...base,
-      delivered: done.reduce((sum, d) => sum + d.received, 0),
-      endToEndMs,
-      serverCpuMs,
-      serverCpuUsPerDelivery: (serverCpuMs * 1000) / deliveries,
-      deliveriesPerSecond: deliveries / (endToEndMs / 1000),
-      p50Ms: histogram.percentile(0.5),
-      p99Ms: histogram.percentile(0.99),
-      maxMs: histogram.max,
-      negativeLatencies: histogram.negative,
-    };
-  } catch (error) {
-    waiting.forEach((w) => w.catch(() => undefined));
-    const status = await Promise.all(
-      clients.map((c) => c.call('fanout-status', {}, 5000).catch(() => undefined)),
-    );
-    await Promise.all(clients.map((c) => c.call('fanout-disarm', {}, 5000).catch(() => 0)));
-    const delivered = status.reduce((sum, s) => sum + (s?.received ?? 0), 0);
-    const minPerConn = Math.min(...status.map((s) => s?.perConnMin ?? 0));
-    return {
-      ...base,
-      status: /timeout/.test(errorText(error)) ? 'timeout' : 'error',
-      detail: `${errorText(error)}; delivered ${delivered}/${deliveries}, fewest per connection ${minPerConn}/${config.messages}`,
-      delivered,
-    };
-  }
-}
-
-function summarize(rounds: FanoutRound[]): FanoutSummary | undefined {
-  if (rounds.length === 0) return undefined;
-  const ok = rounds.filter((r) => r.status === 'ok');
-  if (ok.length < rounds.length) {
-    const bad = rounds.find((r) => r.status !== 'ok')!;
-    return {
-      status: bad.status,
-      endToEndMs: NaN,
-      serverCpuUsPerDelivery: NaN,
-      deliveriesPerSecond: NaN,
-      p50Ms: NaN,
-      p99Ms: NaN,
-    };
-  }
-  // The median round by end-to-end time gives the latencies; CPU is the median of all rounds.
-  const byTime = [...ok].sort((a, b) => a.endToEndMs - b.endToEndMs);
-  const mid = byTime[(byTime.length - 1) >> 1];
-  return {
-    status: 'ok',
-    endToEndMs: median(ok.map((r) => r.endToEndMs)),
-    serverCpuUsPerDelivery: median(ok.map((r) => r.serverCpuUsPerDelivery)),
-    deliveriesPerSecond: median(ok.map((r) => r.deliveriesPerSecond)),
-    p50Ms: mid.p50Ms,
-    p99Ms: mid.p99Ms,
-  };
+  return deliveryRound(
+    server,
+    clients,
+    config,
+    `${mode} fan-out of ${server.variant}`,
+    (c) => c.call('fanout-expect', { count: config.messages }),
+    () =>
+      server.child.call<SendResult>(
+        'broadcast',
+        { mode, count: config.messages, bytes: config.bytes },
+        config.fanoutTimeoutMs,
+      ),
+  ).then((r) => ({ mode, round, ...r }));
 }
 
 const perConnKiB = (from: number, to: number, connections: number) =>
@@ -288,7 +174,8 @@ export async function runFanoutVariant(
       rssPerConnKiB: perConnKiB(baseline.memory.rss, idle.memory.rss, connected),
       heapPerConnKiB: perConnKiB(baseline.memory.heapUsed, idle.memory.heapUsed, connected),
     };
-    for (let round = 1; round <= config.rounds; round++) {
+    const fanoutRounds = config.scenarios.includes('fanout') ? config.rounds : 0;
+    for (let round = 1; round <= fanoutRounds; round++) {
       for (const mode of ['paced', 'burst'] as const) {
         const r = await fanoutRound(server, clients, config, mode, round);
         result.rounds.push(r);
@@ -302,6 +189,8 @@ export async function runFanoutVariant(
       }
       if (result.rounds.some((r) => r.status !== 'ok')) break;
     }
+    if (config.scenarios.includes('rooms') && ROOM_VARIANTS.includes(variant))
+      result.rooms = await runRooms(server, clients, config, log);
     const after = await server.child.call<ServerStats>('stats', { gc: true });
     result.memory.afterTraffic = after.memory;
     result.memory.rssPerConnAfterTrafficKiB = perConnKiB(

@@ -1,17 +1,18 @@
 /**
  * `npm run bench [-- --quick] [-- soak | redis | recovery]`: the "broadcast at scale" benchmark.
  *
- * One run, side by side, on the same load processes: fan-out (paced and burst), connection
- * accept rate, idle memory per connection, echo round trips — for raw `ws` (naive and best
- * loops), a platform-ws gateway, a Socket.IO gateway, uWebSockets.js and this library. Each
- * server variant runs in its own process (`server.ts`), the load in `--workers` others
- * (`client.ts`). Prints a Markdown report and writes everything to bench/results/<time>.json.
+ * One run, side by side, on the same load processes: fan-out (paced and burst), room
+ * broadcast, connection accept rate, idle memory per connection, echo round trips — for raw
+ * `ws` (naive and best loops), a platform-ws gateway, a Socket.IO gateway, uWebSockets.js and
+ * this library. Each server variant runs in its own process (`server.ts`), the load in
+ * `--workers` others (`client.ts`). Prints a Markdown report and writes everything to
+ * bench/results/<time>.json.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { errorText, now } from './lib/common.js';
-import { parseConfig, USAGE, type Config } from './lib/config.js';
+import { parseConfig, ROOM_VARIANTS, USAGE, type Config } from './lib/config.js';
 import { Child, openLog } from './lib/ipc.js';
 import { cpuMonitor, CpuMonitor } from './lib/cpu-monitor.js';
 import { cpuBusy, machineInfo, waitQuiet, type MachineInfo } from './lib/machine.js';
@@ -62,14 +63,19 @@ function collectNotes(
       notes.push(
         `${r.variant}: only ${r.connect.serverCounted} of ${config.n} connections were open on the server`,
       );
-    for (const round of r.rounds) {
+    const rounds = [
+      ...r.rounds.map((round) => ({ ...round, what: round.mode })),
+      ...(r.rooms?.rounds ?? []).map((round) => ({ ...round, what: 'rooms' })),
+    ];
+    for (const round of rounds) {
       if (round.status !== 'ok')
-        notes.push(`${r.variant} ${round.mode} round ${round.round}: ${round.detail}`);
+        notes.push(`${r.variant} ${round.what} round ${round.round}: ${round.detail}`);
       if (round.negativeLatencies)
         notes.push(
-          `${r.variant} ${round.mode} round ${round.round}: ${round.negativeLatencies} negative latencies (clock disagreement between processes), counted as 0`,
+          `${r.variant} ${round.what} round ${round.round}: ${round.negativeLatencies} negative latencies (clock disagreement between processes), counted as 0`,
         );
     }
+    if (r.rooms?.status === 'error') notes.push(`${r.variant} (rooms): ${r.rooms.error}`);
   }
   const disturbance = (r: FanoutVariantResult | EchoVariantResult, scenario: string) => {
     if (r.retriedAfter !== undefined)
@@ -81,7 +87,7 @@ function collectNotes(
         `${r.variant} (${scenario}) ran while other processes took ${(r.foreignCores ?? 0).toFixed(2)} cores`,
       );
   };
-  for (const r of fanout) disturbance(r, 'fan-out');
+  for (const r of fanout) disturbance(r, config.scenarios.includes('fanout') ? 'fan-out' : 'rooms');
   for (const r of echo) for (const run of r.rounds ?? [r]) disturbance(run, 'echo');
   for (const r of echo)
     if (r.badReplies) notes.push(`${r.variant}: ${r.badReplies} echo replies were not the request`);
@@ -135,6 +141,11 @@ async function warmUp(clients: Child[], config: Config, processes: ProcessOption
     n: Math.min(config.n, 1000),
     messages: Math.min(config.messages, 50),
     rounds: 1,
+    // The fan-out warms the tick path whatever is measured; rooms only when they will be.
+    scenarios: ['fanout', ...config.scenarios.filter((s) => s === 'rooms')],
+    // As many members per room as the measured run.
+    roomCount: Math.max(1, Math.round((config.roomCount * Math.min(config.n, 1000)) / config.n)),
+    roomRepeats: Math.min(config.roomRepeats, 5),
     echoConns: Math.min(config.echoConns, 200),
     echoWarmupMs: 300,
     echoMs: 1000,
@@ -157,16 +168,22 @@ async function runBench(
   const deadline = started + config.deadlineMs;
   log(
     `bench: ${config.quick ? 'quick' : 'full'} run, N=${config.n}, ${config.messages} × ${config.bytes} B, ` +
-      `${config.rounds} round(s), echo ${config.echoConns} connections, ${config.workers} load processes`,
+      `${config.rounds} round(s), rooms ${config.roomCount} × ${config.roomRepeats} turns of ${config.roomMessages}, ` +
+      `echo ${config.echoConns} connections, ${config.workers} load processes, scenarios ${config.scenarios}`,
   );
   const clients: Child[] = await startClients(config.workers, processes);
   const fanout: FanoutVariantResult[] = [];
   const echo: EchoVariantResult[] = [];
   try {
     await warmUp(clients, config, processes);
-    if (config.scenarios.includes('fanout')) {
-      log('fan-out, accept rate, idle memory:');
-      for (const variant of config.variants) {
+    const fanoutToo = config.scenarios.includes('fanout');
+    if (fanoutToo || config.scenarios.includes('rooms')) {
+      log(`${fanoutToo ? 'fan-out, ' : ''}room broadcast, accept rate, idle memory:`);
+      // Rooms alone: the variants without rooms have nothing to run.
+      const variants = fanoutToo
+        ? config.variants
+        : config.variants.filter((v) => ROOM_VARIANTS.includes(v));
+      for (const variant of variants) {
         if (now() > deadline) {
           fanout.push({
             variant,

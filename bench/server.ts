@@ -8,6 +8,11 @@
  * - `broadcast { mode: 'paced' | 'burst', count, bytes }` → sends `count` tick messages to
  *   every connection, one per event-loop turn (`setImmediate`) or all in one synchronous loop;
  *   answers with the time of the first send and the CPU time at that moment;
+ * - `joins` → how many `join` messages the server handled (variants with rooms);
+ * - `room-broadcast { rooms, perTurn, roomCount, bytes }` → one tick message to each room of
+ *   `rooms` (indices into `room-0` … `room-(roomCount-1)`), `perTurn` of them in one
+ *   synchronous loop per event-loop turn, turns separated by `setImmediate`; answers as
+ *   `broadcast` does;
  * - `soak-start`, `soak-stop`, `soak-stats` (our library only);
  * - `shutdown` → exits at once (the measurements are over; clients are gone or going).
  */
@@ -33,6 +38,11 @@ async function startVariant(variant: string, args: ServerArgs): Promise<BenchSer
     default:
       throw new Error(`unknown variant ${variant}`);
   }
+}
+
+function roomsOf(variant: string, server: BenchServer): NonNullable<BenchServer['rooms']> {
+  if (!server.rooms) throw new Error(`${variant} has no rooms`);
+  return server.rooms;
 }
 
 function fullGc(): boolean {
@@ -92,6 +102,40 @@ async function main(): Promise<void> {
           else resolve({ firstSend, lastSend: now(), cpuStart, size, connections });
         };
         step();
+      });
+    },
+    joins: () => ({ joins: roomsOf(variant, server).joins() }),
+    'room-broadcast': ({
+      rooms,
+      perTurn,
+      roomCount,
+      bytes,
+    }: {
+      rooms: Int32Array;
+      perTurn: number;
+      roomCount: number;
+      bytes: number;
+    }) => {
+      const target = roomsOf(variant, server);
+      const names = Array.from({ length: roomCount }, (_, k) => `room-${k}`);
+      const pad = tickPad(bytes);
+      const cpuStart = process.cpuUsage();
+      const firstSend = now();
+      const size = Buffer.byteLength(JSON.stringify(tickMessage(firstSend, 0, pad)));
+      const connections = server.connections();
+      return new Promise((resolve) => {
+        let seq = 0;
+        const turn = () => {
+          const end = Math.min(rooms.length, seq + perTurn);
+          for (; seq < end; seq++)
+            target.broadcast(
+              names[rooms[seq]],
+              tickMessage(seq === 0 ? firstSend : now(), seq, pad),
+            );
+          if (seq < rooms.length) setImmediate(turn);
+          else resolve({ firstSend, lastSend: now(), cpuStart, size, connections });
+        };
+        turn();
       });
     },
     'soak-start': (options: SoakTickOptions) => server.soak!.start(options),

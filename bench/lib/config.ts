@@ -11,8 +11,14 @@ export interface Config {
   messages: number;
   /** Approximate JSON size of a broadcast. */
   bytes: number;
-  /** Rounds of paced + burst per variant; the median is reported. */
+  /** Rounds of paced + burst (and of room broadcasts) per variant; the median is reported. */
   rounds: number;
+  /** Rooms of the room-broadcast scenario, `room-0` … : connection k joins `room-(k % roomCount)`. */
+  roomCount: number;
+  /** Broadcasts to random rooms per event-loop turn (one synchronous loop) of a room round. */
+  roomMessages: number;
+  /** Turns of `roomMessages` room broadcasts per round. */
+  roomRepeats: number;
   echoConns: number;
   echoBytes: number;
   echoWarmupMs: number;
@@ -27,6 +33,7 @@ export interface Config {
   deadlineMs: number;
   variants: string[];
   echoVariants: string[];
+  /** `fanout`, `rooms`, `echo`. */
   scenarios: string[];
   bufferutil: boolean;
   /** Seconds to wait at most for a quiet machine before starting (0: start at once). */
@@ -84,6 +91,9 @@ export const FANOUT_VARIANTS = [
   'ours',
   'ours-metrics',
 ];
+/** The fan-out variants with rooms (`join` messages, broadcasts to one room). */
+export const ROOM_VARIANTS = ['ws-naive', 'ws-best', 'uws', 'ours', 'ours-metrics'];
+export const SCENARIOS = ['fanout', 'rooms', 'echo'];
 export const ECHO_VARIANTS = [
   'ws-best',
   'nest-gateway',
@@ -101,6 +111,11 @@ const FULL: Omit<Config, 'mode' | 'quick'> = {
   bytes: 200,
   // Two rounds keep the full run near 10 minutes: a paced round at 5,000 connections takes 15–40 s.
   rounds: 2,
+  // 5,000 connections over 1,000 rooms: 5 members each; 50 turns × 200 broadcasts ≈ 50,000
+  // deliveries per round, enough server CPU to measure.
+  roomCount: 1000,
+  roomMessages: 200,
+  roomRepeats: 50,
   echoConns: 500,
   echoBytes: 100,
   echoWarmupMs: 1500,
@@ -112,7 +127,7 @@ const FULL: Omit<Config, 'mode' | 'quick'> = {
   deadlineMs: 20 * 60_000,
   variants: FANOUT_VARIANTS,
   echoVariants: ECHO_VARIANTS,
-  scenarios: ['fanout', 'echo'],
+  scenarios: [...SCENARIOS],
   bufferutil: false,
   waitIdle: 0,
   serverNodeFlags: [],
@@ -148,6 +163,10 @@ const QUICK: Partial<Config> = {
   n: 500,
   messages: 50,
   rounds: 1,
+  // 500 connections: 5 members per room as in the full run.
+  roomCount: 100,
+  roomMessages: 50,
+  roomRepeats: 20,
   echoConns: 100,
   echoWarmupMs: 500,
   echoMs: 1500,
@@ -211,16 +230,31 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
   if (positional.some((a) => !['soak', 'redis', 'recovery'].includes(a)) || positional.length > 1)
     throw new Error(`unknown argument ${positional}`);
   if (mode === 'redis') checkRedisBounds(config);
+  if (mode === 'bench') checkBenchBounds(config);
   return config;
+}
+
+function withinBounds(config: Config, key: keyof Config, min: number, max: number): void {
+  const value = config[key] as number;
+  if (!Number.isInteger(value) || value < min || value > max)
+    throw new Error(`--${kebab(key)} must be an integer in [${min}, ${max}], not ${value}`);
+}
+
+/** Known scenarios, and room counts within bounds so that no loop of a room round runs away. */
+function checkBenchBounds(config: Config): void {
+  const other = config.scenarios.filter((s) => !SCENARIOS.includes(s));
+  if (other.length) throw new Error(`unknown --scenarios ${other}; known: ${SCENARIOS}`);
+  withinBounds(config, 'roomCount', 1, 1_000_000);
+  withinBounds(config, 'roomMessages', 1, 100_000);
+  withinBounds(config, 'roomRepeats', 1, 10_000);
+  if (config.roomMessages * config.roomRepeats > 1_000_000)
+    throw new Error('--room-messages × --room-repeats must be at most 1,000,000 broadcasts');
 }
 
 /** Every count of the Redis bench within bounds, so that no loop of it can run away. */
 function checkRedisBounds(config: Config): void {
-  const within = (key: keyof Config, min: number, max: number) => {
-    const value = config[key] as number;
-    if (!Number.isInteger(value) || value < min || value > max)
-      throw new Error(`--${kebab(key)} must be an integer in [${min}, ${max}], not ${value}`);
-  };
+  const within = (key: keyof Config, min: number, max: number) =>
+    withinBounds(config, key, min, max);
   within('redisInstances', 2, 8);
   within('redisClients', config.redisInstances, 30_000);
   within('redisMessages', 1, 10_000);

@@ -1,24 +1,24 @@
 /** The Markdown report: tables with every figure next to its ratio to raw `ws`'s best loop. */
 import type { EchoVariantResult } from '../echo.js';
 import type { FanoutSummary, FanoutVariantResult } from '../fanout.js';
-import type { Config } from './config.js';
+import { ROOM_VARIANTS, type Config } from './config.js';
 import type { MachineInfo } from './machine.js';
 
 export const REFERENCE = 'ws-best';
 
 export const VARIANT_NOTES: Record<string, string> = {
   'ws-naive':
-    'raw `ws` server; broadcast `for (c of wss.clients) c.send(JSON.stringify(obj))`; echo: parse, `ws.send(JSON.stringify(reply))`',
+    'raw `ws` server; broadcast `for (c of wss.clients) c.send(JSON.stringify(obj))`, to a room the same loop over its members (a hand-made `Map<room, Set<ws>>`); echo: parse, `ws.send(JSON.stringify(reply))`',
   'ws-best':
-    'raw `ws` server; broadcast serialized and framed once (`WebSocket.Sender.frame`), written to each `ws._socket`, every socket corked once per event-loop turn and uncorked on the next tick; echo as ws-naive (in the echo table it is "raw ws")',
+    'raw `ws` server; broadcast serialized and framed once (`WebSocket.Sender.frame`), written to each `ws._socket`, every socket corked once per event-loop turn and uncorked on the next tick; to a room (a hand-made `Map<room, Set<ws>>`) framed once and written to the socket of each member, corked at its first write of the turn; echo as ws-naive (in the echo table it is "raw ws")',
   'nest-gateway':
     '`@WebSocketGateway({ path })` on `@nestjs/platform-ws` `WsAdapter`; broadcast `JSON.stringify` once then `client.send(data)` over `server.clients`; echo `@SubscribeMessage` returning `{ event, data }`',
   'nest-gateway-enhanced':
     'nest-gateway with one pass-through guard, pipe and interceptor on the echo method',
   socketio:
     '`@WebSocketGateway` on `@nestjs/platform-socket.io` (`IoAdapter`), WebSocket transport only, socket.io-client load; broadcast `server.emit("tick", obj)`; echo `@SubscribeMessage` returning `{ event, data }`',
-  uws: 'uWebSockets.js: every socket subscribes to one topic, broadcast `app.publish`; echo parse + `ws.send`',
-  ours: 'nestjs-ws-routes from lib/: `@WsRoute("/bench")`, broadcast `broadcast.toRoute(Route).send(obj)`; echo `@OnMessage("echo")` returning `{ event, data }`; `rateLimit: false`, connection limits 50,000, heartbeat off',
+  uws: 'uWebSockets.js: every socket subscribes to one topic, broadcast `app.publish`; rooms are topics (`ws.subscribe(room)`, `app.publish(room, json)`); echo parse + `ws.send`',
+  ours: 'nestjs-ws-routes from lib/: `@WsRoute("/bench")`, broadcast `broadcast.toRoute(Route).send(obj)`, to a room `broadcast.to(room).send(obj)` (`@OnMessage("join")` does `conn.join(room)`); echo `@OnMessage("echo")` returning `{ event, data }`; `rateLimit: false`, connection limits 50,000, heartbeat off',
   'ours-metrics':
     'ours with `metrics: { registry }` (a prom-client `Registry`, scraped every 5 s): every count and both histograms on',
   'ours-enhanced':
@@ -89,6 +89,13 @@ export function goals(fanout: FanoutVariantResult[], echo: EchoVariantResult[]):
   add(
     'fan-out burst end-to-end, ours / uws',
     burst('ours') / burst('uws'),
+    '≤ 1.3',
+    (x) => x <= 1.3,
+  );
+  const roomCpu = (v: string) => f(v)?.rooms?.summary?.serverCpuUsPerDelivery ?? NaN;
+  add(
+    'room broadcast CPU per delivery, ours / uws',
+    roomCpu('ours') / roomCpu('uws'),
     '≤ 1.3',
     (x) => x <= 1.3,
   );
@@ -206,7 +213,7 @@ export function markdown(
     '',
   );
   const ref = fanout.find((r) => r.variant === REFERENCE);
-  if (fanout.length) {
+  if (fanout.length && config.scenarios.includes('fanout')) {
     const messageBytes = fanout.flatMap((r) => r.rounds).find((r) => r.messageBytes)?.messageBytes;
     out.push(
       `### Fan-out: ${fmt(config.n, 0)} connections × ${config.messages} broadcasts of ${messageBytes ?? config.bytes} B JSON (median of ${config.rounds} round${config.rounds > 1 ? 's' : ''})`,
@@ -242,6 +249,9 @@ export function markdown(
       ),
       '',
     );
+  }
+  out.push(...roomTable(config, fanout));
+  if (fanout.length) {
     out.push(
       `### Connections and idle memory (${fmt(config.n, 0)} connections, after GC, deflate off)`,
       '',
@@ -349,6 +359,47 @@ export function markdown(
   return out.join('\n') + '\n';
 }
 
+/** The room broadcast: one row per variant that has rooms, ratios to ws-best's rooms. */
+function roomTable(config: Config, fanout: FanoutVariantResult[]): string[] {
+  const withRooms = fanout.filter((r) => r.rooms);
+  if (!withRooms.length) return [];
+  const ref = fanout.find((r) => r.variant === REFERENCE)?.rooms?.summary;
+  const rounds = withRooms.flatMap((r) => r.rooms!.rounds);
+  const messageBytes = rounds.find((r) => r.messageBytes)?.messageBytes ?? config.bytes;
+  const deliveries = rounds.find((r) => r.status === 'ok')?.deliveries;
+  const members = config.n / config.roomCount;
+  const skipped = config.variants.filter((v) => !ROOM_VARIANTS.includes(v));
+  return [
+    `### Room broadcast: ${fmt(config.roomCount, 0)} rooms of ${fmt(members, members % 1 ? 1 : 0)} members, ${config.roomRepeats} turns × ${config.roomMessages} broadcasts of ${messageBytes} B JSON to random rooms (median of ${config.rounds} round${config.rounds > 1 ? 's' : ''})`,
+    '',
+    `On each variant's ${fmt(config.n, 0)} connections${config.scenarios.includes('fanout') ? ' (after its fan-out rounds)' : ''}, connection k joins \`room-(k mod ${config.roomCount})\`. Each event-loop turn sends ${config.roomMessages} broadcasts to rooms drawn from a seeded PRNG (the same sequence for every variant) in one synchronous loop${deliveries ? `: ${fmt(deliveries, 0)} deliveries per round` : ''}. End-to-end, CPU and latency as in the fan-out.${skipped.length ? ` Not run (no rooms): ${skipped.join(', ')}.` : ''}`,
+    '',
+    table(
+      [
+        'variant',
+        'end-to-end',
+        'throughput',
+        'CPU/delivery',
+        'p50 / p99',
+        'joins',
+        'other load (cores)',
+      ],
+      withRooms.map((r) => {
+        const rooms = r.rooms!;
+        if (rooms.status !== 'ok')
+          return [r.variant, `${rooms.status}: ${rooms.error ?? ''}`, '', '', '', '', ''];
+        return [
+          r.variant,
+          ...fanoutCells(rooms.summary, ref),
+          `${fmt(rooms.joins.counted, 0)}/${fmt(rooms.joins.sent, 0)}`,
+          fmt(r.foreignCores ?? NaN, 2),
+        ];
+      }),
+    ),
+    '',
+  ];
+}
+
 /**
  * What the metrics cost: ours-metrics against ours, figure by figure (ratio > 1: slower or
  * dearer with metrics on). Empty unless both ran.
@@ -383,6 +434,12 @@ function metricsCost(fanout: FanoutVariantResult[], echo: EchoVariantResult[]): 
         ' µs',
       );
     }
+    row(
+      'room broadcast server CPU/delivery',
+      off.rooms?.summary?.serverCpuUsPerDelivery ?? NaN,
+      on.rooms?.summary?.serverCpuUsPerDelivery ?? NaN,
+      ' µs',
+    );
     row(
       'heap/conn idle',
       off.memory?.heapPerConnKiB ?? NaN,

@@ -1,7 +1,8 @@
 /**
  * nestjs-ws-routes, this repository's library, as it is in lib/ (compiled next to the bench).
  *
- * Broadcast: `broadcast.toRoute(BenchRoute).send(obj)`. With `--metrics` (ours-metrics), every
+ * Broadcast: `broadcast.toRoute(BenchRoute).send(obj)`; rooms: `@OnMessage('join')` is
+ * `conn.join(room)`, a room broadcast `broadcast.to(room).send(obj)`. With `--metrics` (ours-metrics), every
  * count on, in a prom-client registry scraped every 5 s. Echo: `@OnMessage('echo')` returning
  * `{ event, data }`, bare or with one guard, one pipe and one interceptor on the method (a
  * class-level `@UseGuards` would run once at the upgrade, not per message). The defaults that
@@ -30,11 +31,20 @@ import { CountingLogger } from './logger.js';
 import type { BenchServer, ServerArgs, SoakTickOptions } from './types.js';
 import { packageVersion } from './versions.js';
 
+/** `join` messages handled by the bench routes (the orchestrator waits for all of them). */
+let joins = 0;
+
 @WsRoute('/bench')
 class BareRoute {
   @OnMessage('echo')
   echo(@MessageBody() data: string) {
     return { event: 'echo', data };
+  }
+
+  @OnMessage('join')
+  join(@MessageBody() room: string, @ConnectedSocket() conn: WsConnection) {
+    conn.join(room);
+    joins++;
   }
 }
 
@@ -46,6 +56,12 @@ class EnhancedRoute {
   @OnMessage('echo')
   echo(@MessageBody() data: string) {
     return { event: 'echo', data };
+  }
+
+  @OnMessage('join')
+  join(@MessageBody() room: string, @ConnectedSocket() conn: WsConnection) {
+    conn.join(room);
+    joins++;
   }
 }
 
@@ -107,6 +123,12 @@ export async function startOurs(args: ServerArgs): Promise<BenchServer> {
       broadcast.toRoute(route).send(message);
     },
     logged: () => logger.counts(),
+    rooms: {
+      joins: () => joins,
+      broadcast: (room, message) => {
+        broadcast.to(room).send(message);
+      },
+    },
     close: () => {
       clearInterval(scraper);
       return app.close();

@@ -13,6 +13,16 @@ export interface BenchServer {
   broadcast(message: object): void;
   /** Errors and warnings the server logged (Nest's logger, `ws` error events). */
   logged(): { error: number; warn: number; first: string[] };
+  /**
+   * Rooms, for the variants that have them: a client joins one with
+   * `{"event":"join","data":"room-7"}`.
+   */
+  rooms?: {
+    /** `join` messages handled so far. */
+    joins(): number;
+    /** Sends `message` to every member of `room`: one broadcast, synchronously. */
+    broadcast(room: string, message: object): void;
+  };
   close(): Promise<void>;
   /** Soak controls (our library only). */
   soak?: {

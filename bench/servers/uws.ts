@@ -1,6 +1,7 @@
 /**
  * uWebSockets.js, the limit: every connection subscribes to one topic, a broadcast is
- * `app.publish('all', json)`. Echo: parse, `ws.send(json)`. Backpressure limit raised to 64 MiB
+ * `app.publish('all', json)`. Rooms are topics too: `{"event":"join","data":room}` is
+ * `ws.subscribe(room)`, a room broadcast `app.publish(room, json)`. Echo: parse, `ws.send(json)`. Backpressure limit raised to 64 MiB
  * so that no message is dropped (uWS skips subscribers over `maxBackpressure`), idle timeout off.
  *
  * `@trufflesuite/uws-js-unofficial` falls back to a JS implementation on `ws` when its binary
@@ -24,6 +25,7 @@ export async function startUws(): Promise<BenchServer> {
     : 'FALLBACK (JS on ws)';
   const logger = new CountingLogger();
   let open = 0;
+  let joins = 0;
   const decoder = new TextDecoder();
   const app = uWS.App().ws('/bench', {
     compression: uWS.DISABLED,
@@ -41,6 +43,10 @@ export async function startUws(): Promise<BenchServer> {
       if (isBinary) return;
       const message = JSON.parse(decoder.decode(data));
       if (message.event === 'echo') ws.send(JSON.stringify({ event: 'echo', data: message.data }));
+      else if (message.event === 'join') {
+        ws.subscribe(message.data);
+        joins++;
+      }
     },
   });
   const listenSocket = await new Promise<unknown>((resolve, reject) =>
@@ -58,6 +64,12 @@ export async function startUws(): Promise<BenchServer> {
       app.publish('all', JSON.stringify(message), false);
     },
     logged: () => logger.counts(),
+    rooms: {
+      joins: () => joins,
+      broadcast: (room, message) => {
+        app.publish(room, JSON.stringify(message), false);
+      },
+    },
     close: async () => {
       uWS.us_listen_socket_close(listenSocket);
     },
