@@ -141,7 +141,17 @@ export class RoutesWebSocket extends WebSocket implements Batched {
   get takesFrames(): boolean {
     const { bits } = this;
     if ((bits & FRAGMENTING) !== 0) return (bits & PROBED) !== 0;
-    return (bits & DIRECT) !== 0 && senderIdle(this);
+    // Without deflate only a Blob keeps `ws`'s sender busy.
+    return (bits & DIRECT) !== 0 && ((bits & BLOB_SENT) === 0 || senderIdle(this));
+  }
+
+  /**
+   * `bufferedAmount` as `ws` counts it (the TCP socket's stream plus what its sender holds),
+   * without reading the sender where nothing can be in it (no deflate, no Blob).
+   */
+  get queuedBytes(): number {
+    const raw = (this.bits & (DIRECT | BLOB_SENT)) === DIRECT ? tcpSocketOf(this) : null;
+    return raw !== null ? raw.writableLength : this.bufferedAmount;
   }
 
   /** Adds a frame to this turn's batch; `broadcast` picks the end-of-turn schedule. */

@@ -274,7 +274,7 @@ export class WsConnection<TData extends object = Record<string, any>> implements
   get bufferedAmount(): number {
     const socket = this.socket as RoutesWebSocket;
     socket.fold();
-    return socket.bufferedAmount + socket.pendingBytes;
+    return socket.queuedBytes + socket.pendingBytes;
   }
 
   /** @internal The route's `maxBufferedAmount`: what one turn may queue for this connection. */
@@ -336,7 +336,7 @@ export class WsConnection<TData extends object = Record<string, any>> implements
     // Broadcasts to the route earlier in this turn come first (see `RouteLog`).
     socket.fold();
     const { outbound, events, metrics } = this.shared;
-    const buffered = socket.bufferedAmount + socket.pendingBytes;
+    const buffered = socket.queuedBytes + socket.pendingBytes;
     if (buffered > outbound.lowWatermark) {
       if (volatile) {
         this.droppedMessages++;
