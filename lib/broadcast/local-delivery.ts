@@ -1,6 +1,6 @@
 import type { WsConnection } from '../connection/ws-connection.js';
 import type { WsConnectionRegistry } from '../connection/ws-connection-registry.js';
-import { frameMessage } from '../connection/outbound.js';
+import { frameMessage, payloadOf } from '../connection/outbound.js';
 import type { RecoveryHub } from '../recovery/recovery-hub.js';
 import { isForEveryone, type BroadcastPacket } from './broadcast-packet.interface.js';
 
@@ -51,7 +51,6 @@ function deliverMessage(
   packet: BroadcastPacket,
   shared: ReadonlySet<string> | undefined,
 ): number {
-  const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload;
   const { binary } = packet;
   const volatile = packet.volatile ?? false;
   const except = packet.except?.length ? connectionsOf(registry, packet.except) : undefined;
@@ -64,15 +63,20 @@ function deliverMessage(
       ? { ...packet, routes: packet.routes.filter((r) => !skip.includes(r)) }
       : packet;
   if (!volatile && except === undefined && onlyRoutes(targets)) {
-    return deliverToRouteLogs(registry, targets, payload, binary, skip);
+    return deliverToRouteLogs(registry, targets, skip);
   }
+  // Framed at the first recipient: a room with no member here costs nothing more.
   let frame: Buffer | undefined;
+  let payload: Buffer | undefined;
   let delivered = 0;
   for (const conn of recipients(registry, targets)) {
     if (conn.readyState !== OPEN || except?.has(conn)) continue;
     if (skip !== undefined && skip.includes(conn.route)) continue;
-    frame ??= frameMessage(payload, binary);
-    if (conn.deliver(payload, binary, frame, volatile)) delivered++;
+    if (frame === undefined) {
+      frame = frameMessage(packet.payload, binary);
+      payload = payloadOf(frame);
+    }
+    if (conn.deliver(payload!, binary, frame, volatile)) delivered++;
   }
   return delivered;
 }
@@ -89,10 +93,9 @@ function onlyRoutes(packet: BroadcastPacket): boolean {
 function deliverToRouteLogs(
   registry: WsConnectionRegistry,
   packet: BroadcastPacket,
-  payload: Buffer,
-  binary: boolean,
   skip: readonly string[] | undefined,
 ): number {
+  const { binary } = packet;
   const named = packet.routes ?? [];
   const routes = isForEveryone(packet)
     ? registry.names('route')
@@ -100,6 +103,14 @@ function deliverToRouteLogs(
       ? new Set(named)
       : named;
   let frame: Buffer | undefined;
+  let payload: Buffer | undefined;
+  const framed = (): Buffer => {
+    if (frame === undefined) {
+      frame = frameMessage(packet.payload, binary);
+      payload = payloadOf(frame);
+    }
+    return frame;
+  };
   let delivered = 0;
   for (const route of routes) {
     if (skip !== undefined && skip.includes(route)) continue;
@@ -107,14 +118,14 @@ function deliverToRouteLogs(
     if (log === undefined || !log.usable) {
       for (const conn of registry.byRoute(route)) {
         if (conn.readyState !== OPEN) continue;
-        frame ??= frameMessage(payload, binary);
-        if (conn.deliver(payload, binary, frame, false)) delivered++;
+        const bytes = framed();
+        if (conn.deliver(payload!, binary, bytes, false)) delivered++;
       }
       continue;
     }
     if (log.open === 0) continue;
-    frame ??= frameMessage(payload, binary);
-    delivered += log.append(frame, payload, binary, payload.length);
+    const bytes = framed();
+    delivered += log.append(bytes, payload!, binary, payload!.length);
   }
   return delivered;
 }

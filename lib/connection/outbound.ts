@@ -17,11 +17,36 @@ const { Sender } = ws as unknown as { Sender: { frame(data: Buffer, options: obj
 
 /**
  * Frames a message once for every recipient (RFC 6455 §5.2, unmasked as server frames are),
- * header and payload in one Buffer so that each socket gets one write.
+ * header and payload in one Buffer so that each socket gets one write. A string is encoded
+ * straight into the frame (one allocation, one copy); bytes are framed by `ws`.
  */
-export function frameMessage(payload: Buffer, binary: boolean): Buffer {
-  const parts = frameParts(payload, binary);
-  return parts.length === 1 ? parts[0] : Buffer.concat(parts);
+export function frameMessage(payload: string | Buffer, binary: boolean): Buffer {
+  if (typeof payload !== 'string') {
+    const parts = frameParts(payload, binary);
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts);
+  }
+  const length = Buffer.byteLength(payload);
+  const header = length < 126 ? 2 : length < 0x10000 ? 4 : 10;
+  const frame = Buffer.allocUnsafe(header + length);
+  frame[0] = binary ? 0x82 : 0x81; // FIN + opcode
+  if (header === 2) {
+    frame[1] = length;
+  } else if (header === 4) {
+    frame[1] = 126;
+    frame.writeUInt16BE(length, 2);
+  } else {
+    frame[1] = 127;
+    frame.writeUInt32BE(Math.floor(length / 0x100000000), 2);
+    frame.writeUInt32BE(length >>> 0, 6);
+  }
+  frame.write(payload, header, length, 'utf8');
+  return frame;
+}
+
+/** The payload of a frame made by {@link frameMessage}: a view of it, not a copy. */
+export function payloadOf(frame: Buffer): Buffer {
+  const length = frame[1] & 0x7f;
+  return frame.subarray(length === 126 ? 4 : length === 127 ? 10 : 2);
 }
 
 /** The frame as `ws` builds it: a header and the payload itself (not copied). */
