@@ -192,6 +192,10 @@ function recipients(
   packet: BroadcastPacket,
 ): Iterable<WsConnection> {
   if (isForEveryone(packet)) return everyone(registry);
+  const { rooms } = packet;
+  // The most common target after a route: one room, nothing else.
+  if (rooms?.length === 1 && !packet.routes?.length && !packet.users?.length)
+    if (!packet.connections?.length) return registry.inRoom(rooms[0]);
   const groups: Iterable<WsConnection>[] = [];
   for (const route of packet.routes ?? []) groups.push(registry.byRoute(route));
   for (const room of packet.rooms ?? []) groups.push(registry.inRoom(room));
