@@ -19,6 +19,7 @@ import { cpuBusy, machineInfo, waitQuiet, type MachineInfo } from './lib/machine
 import { fdLimits, startClients, type ProcessOptions } from './lib/processes.js';
 import { machineLine, markdown, REFERENCE } from './lib/report.js';
 import { combineEcho, runEchoVariant, type EchoVariantResult } from './echo.js';
+import { summarize } from './delivery.js';
 import { runFanoutVariant, type FanoutVariantResult } from './fanout.js';
 import { runRedisBench } from './redis.js';
 import { runRecoveryBench } from './recovery.js';
@@ -131,6 +132,55 @@ async function undisturbed<T extends { foreignCores?: number; retriedAfter?: num
 }
 
 /**
+ * A variant's passes as one result: every round (numbered by pass), the medians over them, the
+ * connection and memory figures of the first pass, the most disturbed pass's other load.
+ */
+function mergePasses(variant: string, passes: FanoutVariantResult[]): FanoutVariantResult {
+  if (passes.length === 0)
+    return { variant, status: 'skipped', error: 'deadline', info: {}, rounds: [], stderr: [] };
+  const [first] = passes;
+  if (passes.length === 1) return first;
+  const failed = passes.find((p) => p.status !== 'ok');
+  const rounds = passes.flatMap((p, i) => p.rounds.map((r) => ({ ...r, round: i + 1 })));
+  const roomPasses = passes.map((p) => p.rooms).filter((r) => r !== undefined);
+  const roomRounds = roomPasses.flatMap((r, i) => r.rounds.map((x) => ({ ...x, round: i + 1 })));
+  const clientErrors: Record<string, number> = {};
+  for (const p of passes)
+    for (const [text, count] of Object.entries(p.clientErrors ?? {}))
+      clientErrors[text] = (clientErrors[text] ?? 0) + count;
+  const retried = passes.map((p) => p.retriedAfter).filter((x) => x !== undefined);
+  return {
+    ...first,
+    status: failed ? failed.status : 'ok',
+    error: failed?.error,
+    rounds,
+    paced: summarize(rounds.filter((r) => r.mode === 'paced')),
+    burst: summarize(rounds.filter((r) => r.mode === 'burst')),
+    rooms: roomPasses.length
+      ? {
+          ...roomPasses[0],
+          status: roomPasses.find((r) => r.status !== 'ok')?.status ?? 'ok',
+          error: roomPasses.find((r) => r.status !== 'ok')?.error,
+          rounds: roomRounds,
+          summary: summarize(roomRounds),
+        }
+      : undefined,
+    logged: passes.reduce(
+      (sum, p) => ({
+        error: sum.error + (p.logged?.error ?? 0),
+        warn: sum.warn + (p.logged?.warn ?? 0),
+        first: [...sum.first, ...(p.logged?.first ?? [])].slice(0, 4),
+      }),
+      { error: 0, warn: 0, first: [] as string[] },
+    ),
+    clientErrors,
+    stderr: passes.flatMap((p) => p.stderr),
+    foreignCores: Math.max(...passes.map((p) => p.foreignCores ?? 0)),
+    retriedAfter: retried.length ? Math.max(...retried) : undefined,
+  };
+}
+
+/**
  * Fresh load processes connect and parse more slowly until V8 has compiled their hot paths:
  * without this, the first variant measured (ws-naive) would pay for it. Results are dropped.
  */
@@ -183,24 +233,25 @@ async function runBench(
       const variants = fanoutToo
         ? config.variants
         : config.variants.filter((v) => ROOM_VARIANTS.includes(v));
-      for (const variant of variants) {
-        if (now() > deadline) {
-          fanout.push({
-            variant,
-            status: 'skipped',
-            error: 'deadline',
-            info: {},
-            rounds: [],
-            stderr: [],
-          });
-          continue;
+      // One pass per round, the variants in turn, every other pass in reverse order (A B C,
+      // C B A, …), each on a fresh server and fresh connections: the machine drifts by 10 % and
+      // more over minutes, and a slow spell must not land on one variant only.
+      const passes = new Map<string, FanoutVariantResult[]>(variants.map((v) => [v, []]));
+      const onePass: Config = { ...config, rounds: 1 };
+      for (let pass = 1; pass <= config.rounds; pass++) {
+        const order = pass % 2 === 1 ? variants : [...variants].reverse();
+        for (const variant of order) {
+          if (now() > deadline) break;
+          const result = await undisturbed(variant, deadline, () =>
+            runFanoutVariant(variant, clients, onePass, processes, (line) =>
+              log(config.rounds > 1 ? line.replace(/ #1:/, ` #${pass}:`) : line),
+            ),
+          );
+          passes.get(variant)!.push(result);
+          if (result.info.uws) machine.builds['uWebSockets.js'] = result.info.uws;
         }
-        const result = await undisturbed(variant, deadline, () =>
-          runFanoutVariant(variant, clients, config, processes, log),
-        );
-        fanout.push(result);
-        if (result.info.uws) machine.builds['uWebSockets.js'] = result.info.uws;
       }
+      for (const variant of variants) fanout.push(mergePasses(variant, passes.get(variant)!));
     }
     if (config.scenarios.includes('echo')) {
       log('echo:');

@@ -109,8 +109,9 @@ const FULL: Omit<Config, 'mode' | 'quick'> = {
   n: 5000,
   messages: 200,
   bytes: 200,
-  // Two rounds keep the full run near 10 minutes: a paced round at 5,000 connections takes 15–40 s.
-  rounds: 2,
+  // Three rounds (passes, interleaved across the variants) keep the full run near 8 minutes: a
+  // paced round at 5,000 connections takes 6–10 s here.
+  rounds: 3,
   // 5,000 connections over 1,000 rooms: 5 members each; 50 turns × 200 broadcasts ≈ 50,000
   // deliveries per round, enough server CPU to measure.
   roomCount: 1000,
