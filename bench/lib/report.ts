@@ -157,10 +157,13 @@ export function goals(fanout: FanoutVariantResult[], echo: EchoVariantResult[]):
     '≥ 1.5',
     (x) => x >= 1.5,
   );
+  // Paced, not burst: a burst to a route costs O(1) per socket and per message now (0.07 µs a
+  // delivery, ±50 % between rounds), so its ratio is noise; a paced round does one write and
+  // one count per delivery, where the metrics' cost would show.
   add(
-    'metrics on / off, fan-out burst CPU per delivery',
-    (f('ours-metrics')?.burst?.serverCpuUsPerDelivery ?? NaN) /
-      (f('ours')?.burst?.serverCpuUsPerDelivery ?? NaN),
+    'metrics on / off, fan-out paced CPU per delivery',
+    (f('ours-metrics')?.paced?.serverCpuUsPerDelivery ?? NaN) /
+      (f('ours')?.paced?.serverCpuUsPerDelivery ?? NaN),
     '≤ 1.05',
     (x) => x <= 1.05,
   );
