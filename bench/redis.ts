@@ -49,6 +49,7 @@ import { startBenchRedis, type BenchRedis, type RedisCpu } from './lib/redis-ser
 import { fmt, machineLine } from './lib/report.js';
 import type { SendStep } from './redis-instance.js';
 import { fileURLToPath } from 'node:url';
+import { seeded as random } from './lib/prng.js';
 
 const INSTANCE_SCRIPT = fileURLToPath(new URL('./redis-instance.js', import.meta.url));
 /** After the last receipt: time for instances without recipients to finish their frames. */
@@ -78,18 +79,6 @@ export const REDIS_VARIANT_NOTES: Record<string, string> = {
 type Log = (line: string) => void;
 
 // ---- the plan: who is where, who is sent what -------------------------------------------------
-
-/** A deterministic PRNG (mulberry32): the same plan for every variant. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Plan {
   /** Per instance, the rooms of each of its connections. */

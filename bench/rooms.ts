@@ -19,6 +19,7 @@ import {
   type FanoutSummary,
   type SendResult,
 } from './delivery.js';
+import { seeded as prng } from './lib/prng.js';
 
 export interface RoomRound extends DeliveryRound {
   round: number;
@@ -38,18 +39,6 @@ export interface RoomsResult {
 }
 
 const SEED = 0x13;
-
-/** mulberry32: a small seeded PRNG, uniform in [0, 1). */
-function prng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** The rooms of a round's broadcasts, in sending order: the same for every variant. */
 export function roomSequence(round: number, count: number, roomCount: number): Int32Array {

@@ -8,6 +8,7 @@ import {
   upgradeRequest,
 } from '../utils/raw-socket.js';
 import { delay, TestClient } from '../utils/ws-client.js';
+import { seeded } from '../utils/prng.js';
 
 /*
  * The chaos test of issue 9: hundreds of clients reset their connection at random moments of
@@ -57,18 +58,6 @@ interface Plan {
   resetAt: number;
   /** For `half-request`: how many bytes of the request are sent. */
   cut: number;
-}
-
-/** mulberry32: a small seeded generator, so a failing schedule can be replayed. */
-function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function schedule(count: number, seed: number): Plan[] {

@@ -32,6 +32,7 @@ import {
   type RawSocket,
 } from '../utils/raw-socket.js';
 import { delay, eventually } from '../utils/ws-client.js';
+import { seeded } from '../utils/prng.js';
 
 /*
  * The route log (lib/connection/route-log.ts) over real sockets: a broadcast to a whole route
@@ -49,17 +50,6 @@ const MiB = 1024 * KiB;
 const SEEDS = process.env.ROUTE_LOG_SEED
   ? [Number(process.env.ROUTE_LOG_SEED)]
   : [0x1badb002, 0x5eed, 0xdecade, 0x600dcafe];
-
-function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // ---------------------------------------------------------------------------------------------
 // Messages: every payload carries its id and a filler derived from it, so a client can tell a
