@@ -54,8 +54,9 @@ const OPEN = 1;
  * message breaks the protocol (RFC 6455 §5.4).
  */
 export class RoutesWebSocket extends WebSocket implements Batched {
-  // Every open connection has one of these, so its own state is four fields: the batch, its
-  // byte count, the flags above in one number, and the owner.
+  // Every open connection has one of these, so its own state is a few small fields: the batch,
+  // its byte count, the flags above in one number, the owner, its place in the route's log,
+  // the descriptor, and ws's state behind the accessor.
   /** Frames of this turn not written yet: one Buffer (the common case), several, or none. */
   private pending: Buffer | Buffer[] | null = null;
   /** Bytes in `pending`: a running count, so `bufferedAmount` stays O(1). */
