@@ -125,7 +125,7 @@ function deliverToRouteLogs(
     }
     if (log.open === 0) continue;
     const bytes = framed();
-    delivered += log.append(bytes, payload!, binary, payload!.length);
+    delivered += log.append(bytes, payload!, binary);
   }
   return delivered;
 }

@@ -29,7 +29,7 @@ export class RouteLog implements Batched {
   /** Frames of this turn, in broadcast order. */
   private readonly frames: Buffer[] = [];
   /** The message of each frame, for the connections that take it through `deliver()`. */
-  private readonly payloads: (Buffer | string)[] = [];
+  private readonly payloads: Buffer[] = [];
   private readonly binaries: boolean[] = [];
   /** Frame bytes and payload bytes of the whole log. */
   private frameBytes = 0;
@@ -57,13 +57,13 @@ export class RouteLog implements Batched {
    * Adds one broadcast for every open connection of the route; returns how many it reaches
    * (those a `'drop'` slow-consumer verdict skips at the end of the turn included).
    */
-  append(frame: Buffer, payload: Buffer | string, binary: boolean, payloadBytes: number): number {
+  append(frame: Buffer, payload: Buffer, binary: boolean): number {
     if (this.open === 0) return 0;
     this.frames.push(frame);
     this.payloads.push(payload);
     this.binaries.push(binary);
     this.frameBytes += frame.length;
-    this.payloadBytes += payloadBytes;
+    this.payloadBytes += payload.length;
     if (!this.scheduled) {
       this.scheduled = true;
       afterThisCode.add(this);
